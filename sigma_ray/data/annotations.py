@@ -1,0 +1,113 @@
+"""Video lists: VideoMAE annotation files, folder-per-class layouts and unlabeled pretraining lists.
+
+Every loader returns a list of :class:`VideoRecord` whose ``video_id`` is the row's position in the list, so
+ids are stable across epochs, actors and processes (the per-sample RNG and the eval aggregation key on it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+UNLABELED = -1
+
+
+class AnnotationError(ValueError):
+    """A malformed row, a missing file or an unknown label; the message starts with ``file:line``."""
+
+
+class VideoRecord(NamedTuple):
+    path: str
+    label: int       # -1 for unlabeled pretraining lists
+    video_id: int    # position in the list
+
+
+def _resolve(path: str, root: str | None) -> str:
+    return path if os.path.isabs(path) or root is None else os.path.join(root, path)
+
+
+def load_list(list_file: str | Path, root: str | None = None, labeled: bool = True,
+              num_classes: int | None = None, check_files: bool = True) -> list[VideoRecord]:
+    """Read a VideoMAE list: ``path label`` per line (space-separated, no header), or ``path`` when unlabeled.
+
+    The label is the last field, so paths may contain spaces. Blank lines are ignored. Relative paths are
+    resolved against ``root``. Raises AnnotationError naming ``file:line`` for a malformed row, a label that
+    is not an integer in ``[0, num_classes)``, or (with ``check_files``) a file that does not exist.
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise AnnotationError(f"{list_file}: annotation file does not exist")
+    records = []
+    with list_file.open() as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            where = f"{list_file}:{lineno}"
+            if labeled:
+                parts = line.rsplit(None, 1)
+                if len(parts) != 2:
+                    raise AnnotationError(f"{where}: expected 'path label', got {line!r}")
+                path, label_text = parts
+                try:
+                    label = int(label_text)
+                except ValueError:
+                    raise AnnotationError(f"{where}: label {label_text!r} is not an integer") from None
+                if label < 0 or (num_classes is not None and label >= num_classes):
+                    bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+                    raise AnnotationError(f"{where}: unknown label {label}, labels must be {bound}")
+            else:
+                path, label = line, UNLABELED
+            path = _resolve(path, root)
+            if check_files and not os.path.isfile(path):
+                raise AnnotationError(f"{where}: video file {path} does not exist")
+            records.append(VideoRecord(path, label, len(records)))
+    if not records:
+        raise AnnotationError(f"{list_file}: no videos listed")
+    return records
+
+
+def load_folder(root: str | Path, classes: list[str] | None = None) -> tuple[list[VideoRecord], list[str]]:
+    """Read ``root/class_name/*.mp4``; labels index the sorted class names (or ``classes`` when given).
+
+    Pass the train split's ``classes`` when reading val so labels agree; a folder that is not among them is an
+    unknown label (AnnotationError naming the folder). Returns (records, class names).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise AnnotationError(f"{root}: video folder does not exist")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if classes is None:
+        classes = found
+    index = {name: i for i, name in enumerate(classes)}
+    records = []
+    for name in found:
+        if name not in index:
+            raise AnnotationError(f"{root / name}: unknown label {name!r}, known classes: {', '.join(classes)}")
+        for p in sorted((root / name).iterdir()):
+            if p.suffix.lower() in VIDEO_EXTENSIONS:
+                records.append(VideoRecord(str(p), index[name], len(records)))
+    if not records:
+        raise AnnotationError(f"{root}: no videos found in class folders")
+    return records, list(classes)
+
+
+def load_split(config, split: str) -> list[VideoRecord]:
+    """The records of ``split`` for a :class:`~sigma_ray.data.config.DataConfig` (val and test read val_list).
+
+    A list path naming a directory is read as a folder-per-class layout; val/test then take the class names of
+    the train folder so labels agree. ``root`` applies to the video paths inside list files.
+    """
+    list_path = config.train_list if split == "train" else config.val_list
+    if list_path is None:
+        raise AnnotationError(f"{'train_list' if split == 'train' else 'val_list'} is not set in the data config")
+    full = Path(list_path)
+    if full.is_dir():
+        classes = None
+        if split != "train" and config.train_list is not None:
+            train_dir = Path(config.train_list)
+            if train_dir.is_dir():
+                classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+        return load_folder(full, classes)[0]
+    return load_list(full, config.root, config.labeled, config.num_classes, config.check_files)

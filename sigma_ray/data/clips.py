@@ -1,0 +1,121 @@
+"""The per-video work shared by the plain iterator and the Ray actors: row -> (clip, mask, label, video id).
+
+Randomness comes from a generator seeded by ``(seed, epoch, video_id, view)`` alone, so a sample is the same
+whichever process or actor makes it and in whatever order. Bad videos raise VideoDecodeError; callers skip
+them (never substitute another video) and count them in a :class:`SkipStats`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from sigma_ray.data.annotations import VideoRecord
+from sigma_ray.data.config import DataConfig
+from sigma_ray.data.decode import VideoReader
+from sigma_ray.data import sampling, transforms
+from sigma_ray.masking import MaskGenerator
+
+
+class Row(NamedTuple):
+    """One sample to make: a video and which view of it (always 0 except for the test split)."""
+    path: str
+    label: int
+    video_id: int
+    view: int
+
+
+class Sample(NamedTuple):
+    clip: np.ndarray   # uint8 (T, H, W, C), H = W = input_size
+    mask: np.ndarray   # bool (N,), True = masked, time-major tokens
+    label: int
+    video_id: int
+    view: int
+
+
+def epoch_rows(records: list[VideoRecord], config: DataConfig, split: str, epoch: int) -> list[Row]:
+    """The rows of one epoch: train is shuffled by ``(seed, epoch)``; val/test keep list order and expand every
+    video into ``config.views(split)`` rows."""
+    views = config.views(split)
+    order = range(len(records))
+    if split == "train":
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(records))
+    return [Row(records[i].path, records[i].label, records[i].video_id, v) for i in order for v in range(views)]
+
+
+def sample_rng(seed: int, epoch: int, video_id: int, view: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, video_id, view])
+
+
+class ClipMaker:
+    """Makes the samples of one split. ``maker(row, epoch)`` -> Sample; raises VideoDecodeError for bad videos.
+
+    train: dense (random window) or segment sampling, multi-scale or random resized crop, optional flip.
+    val/test: deterministic temporal clip(s) and spatial crop(s) of the short side; epoch is ignored.
+    """
+
+    def __init__(self, config: DataConfig, split: str):
+        config.views(split)  # validates the split name
+        self.config = config
+        self.split = split
+        self.masks = MaskGenerator(config.grid, config.mask)
+
+    def __call__(self, row: Row, epoch: int = 0) -> Sample:
+        c = self.config
+        train = self.split == "train"
+        rng = sample_rng(c.seed, epoch if train else 0, row.video_id, row.view)
+        clip_i, crop_i = divmod(row.view, c.test_num_crops)
+        num_clips = c.test_num_clips if self.split == "test" else 1
+        num_crops = c.test_num_crops if self.split == "test" else 1
+        with VideoReader(row.path, threads=c.decode_threads) as reader:
+            n = reader.info.num_frames
+            if c.sampling == "dense":
+                idx = (sampling.dense_indices(n, c.num_frames, c.sampling_rate, rng) if train else
+                       sampling.dense_eval_indices(n, c.num_frames, c.sampling_rate, num_clips, clip_i))
+            else:
+                idx = (sampling.segment_indices(n, c.num_frames, rng) if train else
+                       sampling.segment_eval_indices(n, c.num_frames, num_clips, clip_i))
+            frames = reader.frames(idx, c.decode_short_side)
+        _, h, w, _ = frames.shape
+        if train:
+            box = (transforms.multi_scale_crop_box(h, w, c.input_size, c.scales, c.max_distort, rng)
+                   if c.crop == "multiscale" else
+                   transforms.random_resized_crop_box(h, w, c.rrc_scale, c.rrc_ratio, rng))
+        else:
+            box = transforms.eval_crop_box(h, w, min(h, w), num_crops, crop_i)
+        clip = transforms.crop_resize(frames, box, c.input_size)
+        if train and c.flip and rng.random() < 0.5:
+            clip = transforms.hflip(clip)
+        return Sample(clip, self.masks(rng), row.label, row.video_id, row.view)
+
+
+class SkipBoundError(RuntimeError):
+    """Too many videos of a data set were skipped as unreadable; the message lists some of them."""
+
+
+@dataclass
+class SkipStats:
+    """Rows seen and videos skipped (path, reason) during one pass."""
+
+    seen: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, seen: int, skipped: list[tuple[str, str]] = ()) -> None:
+        self.seen += seen
+        self.skipped.extend(tuple(s) for s in skipped)
+
+    @property
+    def fraction(self) -> float:
+        return len(self.skipped) / self.seen if self.seen else 0.0
+
+    def check(self, max_fraction: float, min_rows: int, final: bool = False) -> None:
+        """Raise SkipBoundError when more than ``max_fraction`` of the rows seen were skipped.
+
+        Before ``min_rows`` rows the check is deferred (a few early failures say little about a data set)
+        unless ``final``, i.e. the pass is over and the count is the whole truth.
+        """
+        if (final or self.seen >= min_rows) and self.fraction > max_fraction:
+            examples = "; ".join(f"{p}: {r}" for p, r in self.skipped[:5])
+            raise SkipBoundError(f"{len(self.skipped)} of {self.seen} videos skipped ({self.fraction:.1%} > "
+                                 f"max_skip_fraction {max_fraction:.1%}), e.g. {examples}")

@@ -1,0 +1,120 @@
+"""The Ray Data pipeline: rows (path, label, video id, view) -> a pool of CPU actors that decode, augment and
+mask -> batches with the plain iterator's dict layout, streamed to consumers (``iter_torch_batches`` here, or
+``get_dataset_shard`` in a Ray Train worker).
+
+Determinism: every sample is made by :class:`~sigma_ray.data.clips.ClipMaker` with its own
+``(seed, epoch, video_id, view)`` generator, so the pipeline gives exactly the plain iterator's clips and masks;
+only the order of samples may differ (compare by video id). Epochs reshuffle the rows with ``(seed, epoch)``.
+
+Skipped videos: each actor drops them from its output batch and reports (rows seen, [(path, reason)]) to one
+small :class:`SkipStatsActor` per pipeline, which keeps the counts per epoch. The actor that pushes the count
+over ``max_skip_fraction`` (after ``skip_min_rows`` rows) raises SkipBoundError, which fails the dataset for
+every consumer; :meth:`ClipPipeline.iter_torch_batches` checks the final count once more at the end.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import ray
+
+from sigma_ray.data.annotations import VideoRecord, load_split
+from sigma_ray.data.clips import ClipMaker, Row, SkipStats, epoch_rows
+from sigma_ray.data.config import DataConfig
+from sigma_ray.data.decode import VideoDecodeError
+from sigma_ray.data.iterator import collate
+
+
+def ensure_ray() -> None:
+    """Connect to the running Ray (``RAY_ADDRESS`` or a local head), or start a local one."""
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+
+
+@ray.remote(num_cpus=0)
+class SkipStatsActor:
+    """Per-epoch SkipStats of one pipeline, fed by the clip actors."""
+
+    def __init__(self):
+        self.epochs: dict[int, SkipStats] = {}
+
+    def add(self, epoch: int, seen: int, skipped: list[tuple[str, str]]) -> SkipStats:
+        stats = self.epochs.setdefault(epoch, SkipStats())
+        stats.add(seen, skipped)
+        return stats
+
+    def get(self, epoch: int) -> SkipStats:
+        return self.epochs.get(epoch, SkipStats())
+
+
+class ClipBatchUDF:
+    """The ``map_batches`` callable class: one per actor, holding the decoder/augmentation settings."""
+
+    def __init__(self, config: DataConfig, split: str, epoch: int, stats: ray.actor.ActorHandle):
+        self.config = config
+        self.epoch = epoch
+        self.stats = stats
+        self.maker = ClipMaker(config, split)
+        self.with_views = split == "test"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        samples, skipped = [], []
+        for path, label, video_id, view in zip(batch["path"], batch["label"], batch["video_id"], batch["view"]):
+            try:
+                samples.append(self.maker(Row(str(path), int(label), int(video_id), int(view)), self.epoch))
+            except VideoDecodeError as e:
+                skipped.append((e.path, e.reason))
+        # synchronous, so the counts are complete by the time the consumer sees this batch's rows
+        total = ray.get(self.stats.add.remote(self.epoch, len(batch["path"]), skipped))
+        total.check(self.config.max_skip_fraction, self.config.skip_min_rows)
+        return collate(samples, self.with_views) if samples else self._empty()
+
+    def _empty(self) -> dict[str, np.ndarray]:
+        c = self.config
+        out = {"clips": np.zeros((0, c.num_frames, c.input_size, c.input_size, 3), np.uint8),
+               "masks": np.zeros((0, self.maker.masks.num_tokens), bool),
+               "labels": np.zeros(0, np.int64), "video_ids": np.zeros(0, np.int64)}
+        if self.with_views:
+            out["views"] = np.zeros(0, np.int64)
+        return out
+
+
+class ClipPipeline:
+    """Datasets of one split, one per epoch, plus the skip statistics of each epoch.
+
+    ``records`` overrides the config's annotation list. Starts a local Ray when none is running.
+    """
+
+    def __init__(self, config: DataConfig, split: str = "train", records: list[VideoRecord] | None = None):
+        ensure_ray()
+        self.config = config
+        self.split = split
+        self.records = records if records is not None else load_split(config, split)
+        self.stats_actor = SkipStatsActor.remote()
+
+    def dataset(self, epoch: int = 0) -> "ray.data.Dataset":
+        c = self.config
+        rows = [r._asdict() for r in epoch_rows(self.records, c, self.split, epoch)]
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // c.batch_size)))
+        return ds.map_batches(
+            ClipBatchUDF,
+            fn_constructor_kwargs={"config": c, "split": self.split, "epoch": epoch, "stats": self.stats_actor},
+            batch_size=c.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=c.num_actors_min, max_size=c.num_actors_max),
+            num_cpus=c.actor_num_cpus, resources=dict(c.actor_resources) or None)
+
+    def stats(self, epoch: int = 0) -> SkipStats:
+        """Rows seen and videos skipped so far in ``epoch`` (complete once its dataset was consumed)."""
+        return ray.get(self.stats_actor.get.remote(epoch))
+
+    def iter_torch_batches(self, epoch: int = 0, device: str = "cpu", **kwargs) -> Iterator[dict]:
+        """Torch batches of ``config.batch_size`` for ``epoch``; checks the skip bound at the end."""
+        yield from self.dataset(epoch).iter_torch_batches(batch_size=self.config.batch_size, device=device,
+                                                          **kwargs)
+        self.stats(epoch).check(self.config.max_skip_fraction, self.config.skip_min_rows, final=True)
+
+
+def build_dataset(config: DataConfig, split: str = "train", epoch: int = 0,
+                  records: list[VideoRecord] | None = None) -> "ray.data.Dataset":
+    """The dataset of one epoch (use :class:`ClipPipeline` directly to read its skip statistics)."""
+    return ClipPipeline(config, split, records).dataset(epoch)

@@ -1,0 +1,255 @@
+"""The video ViT of VideoMAE/SIGMA: tubelet embedding, an encoder on visible tokens, a decoder for masked ones.
+
+Shapes: clips ``B x C x T x H x W`` (normalized float), masks ``B x N`` bool (True = masked), tokens time-major
+over the grid ``(T/tubelet, H/patch, W/patch)``. Every clip of a batch masks the same number of tokens, so the
+visible and masked tokens are gathered with index tensors (no boolean indexing, no host-device sync).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+
+from sigma_ray.config import check_choice, check_range
+from sigma_ray.masking import token_grid
+
+
+@dataclass(frozen=True)
+class VitSize:
+    """Widths and depths of one named model size (encoder, then decoder)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_dim: int
+    decoder_depth: int
+    decoder_heads: int
+    mlp_ratio: float = 4.0
+
+
+# The paper's ViT-S/B (decoder 192-d/3 heads and 384-d/6 heads, depth 4), VideoMAE's ViT-L, and a CPU-sized tiny.
+VIT_SIZES: dict[str, VitSize] = {
+    "tiny": VitSize(192, 6, 3, 96, 2, 3),
+    "small": VitSize(384, 12, 6, 192, 4, 3),
+    "base": VitSize(768, 12, 12, 384, 4, 6),
+    "large": VitSize(1024, 24, 16, 512, 4, 8),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The video model's shape. ``size`` names a :data:`VIT_SIZES` entry; the input is ``num_frames x img_size^2``."""
+
+    size: str = "base"
+    num_frames: int = 16
+    img_size: int = 224
+    tubelet: int = 2
+    patch: int = 16
+    drop_path: float = 0.0
+
+    def validate(self) -> None:
+        check_choice("size", self.size, VIT_SIZES)
+        check_range("tubelet", self.tubelet, 1)
+        check_range("patch", self.patch, 1)
+        check_range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
+        token_grid(self.num_frames, self.img_size, self.img_size, self.tubelet, self.patch)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return token_grid(self.num_frames, self.img_size, self.img_size, self.tubelet, self.patch)
+
+    @property
+    def tube_pixels(self) -> int:
+        """Values in one RGB tube: tubelet * patch * patch * 3 (1536 for 2x16x16)."""
+        return self.tubelet * self.patch * self.patch * 3
+
+
+def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """Fixed sinusoidal space-time position embeddings, (t*h*w, dim) float32, time-major.
+
+    The width is split between time, height and width (``dim - 2*d`` for time, ``d`` each for the spatial axes,
+    ``d`` even), each axis encoded with sin/cos at geometrically spaced frequencies as in MAE.
+    """
+    if dim % 2:
+        raise ValueError(f"position embedding width {dim} must be even")
+    d_space = (dim // 3) // 2 * 2
+    d_time = dim - 2 * d_space
+
+    def axis(n: int, d: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / max(d // 2, 1))
+        angles = torch.arange(n, dtype=torch.float64)[:, None] * omega[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    t, h, w = grid
+    et = axis(t, d_time)[:, None, None, :].expand(t, h, w, d_time)
+    eh = axis(h, d_space)[None, :, None, :].expand(t, h, w, d_space)
+    ew = axis(w, d_space)[None, None, :, :].expand(t, h, w, d_space)
+    return torch.cat([et, eh, ew], dim=-1).reshape(t * h * w, dim).float()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (LayerNorm eps 1e-6, GELU MLP, optional stochastic depth)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PosEmbed(nn.Module):
+    """Caches the fixed position table per grid on the module's device (built once, not every step)."""
+
+    def __init__(self, grid: tuple[int, int, int], dim: int):
+        super().__init__()
+        self.dim = dim
+        self.grid = grid
+        self.register_buffer("table", sincos_pos_embed_3d(grid, dim), persistent=False)
+
+    def forward(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        if grid != self.grid:  # another clip size: rebuild once and keep it
+            self.grid = grid
+            self.table = sincos_pos_embed_3d(grid, self.dim).to(self.table.device)
+        return self.table
+
+
+def split_indices(mask: torch.Tensor, num_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of visible and masked tokens, ``(B x Nv, B x Nm)`` int64, each ascending in token order.
+
+    ``num_masked`` (the same for every clip) avoids a device sync when the caller knows it.
+    """
+    if num_masked is None:
+        num_masked = int(mask[0].sum())
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+    return order[:, : mask.shape[1] - num_masked], order[:, mask.shape[1] - num_masked:]
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[b, idx[b]]`` for ``x`` of B x N x C and ``idx`` of B x M -> B x M x C."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class VideoEncoder(nn.Module):
+    """Tubelet embedding + ViT over the visible tokens. ``forward_features`` runs it on all tokens (evaluation)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        size = VIT_SIZES[config.size]
+        self.config = config
+        self.embed_dim = size.embed_dim
+        self.patch_embed = nn.Conv3d(3, size.embed_dim, kernel_size=(config.tubelet, config.patch, config.patch),
+                                     stride=(config.tubelet, config.patch, config.patch))
+        self.pos_embed = PosEmbed(config.grid, size.embed_dim)
+        rates = torch.linspace(0, config.drop_path, size.depth).tolist()
+        self.blocks = nn.ModuleList(Block(size.embed_dim, size.num_heads, size.mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(size.embed_dim, eps=1e-6)
+
+    def embed(self, clips: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """``B x 3 x T x H x W`` -> tokens ``B x N x D`` with position embeddings, and the token grid."""
+        x = self.patch_embed(clips)
+        grid = tuple(x.shape[2:])
+        x = x.flatten(2).transpose(1, 2)
+        return x + self.pos_embed(grid).to(x.dtype), grid
+
+    def forward(self, clips: torch.Tensor, visible_idx: torch.Tensor) -> torch.Tensor:
+        """Encoded visible tokens, ``B x Nv x D`` (final LayerNorm applied)."""
+        x, _ = self.embed(clips)
+        x = gather_tokens(x, visible_idx)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """All tokens of unmasked clips, ``B x N x D``: what evaluation pools."""
+        x, _ = self.embed(clips)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class VideoDecoder(nn.Module):
+    """Maps encoder tokens to the decoder width, adds mask tokens, and predicts only the masked positions."""
+
+    def __init__(self, config: ModelConfig, out_dim: int):
+        super().__init__()
+        size = VIT_SIZES[config.size]
+        self.embed = nn.Linear(size.embed_dim, size.decoder_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, size.decoder_dim))
+        self.pos_embed = PosEmbed(config.grid, size.decoder_dim)
+        self.blocks = nn.ModuleList(Block(size.decoder_dim, size.decoder_heads, size.mlp_ratio)
+                                    for _ in range(size.decoder_depth))
+        self.norm = nn.LayerNorm(size.decoder_dim, eps=1e-6)
+        self.head = nn.Linear(size.decoder_dim, out_dim)
+        trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, latent: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor,
+                grid: tuple[int, int, int]) -> torch.Tensor:
+        """``latent`` B x Nv x D_enc -> predictions for the masked tokens, B x Nm x out_dim (in ``masked_idx`` order)."""
+        x = self.embed(latent)
+        pos = self.pos_embed(grid).to(x.dtype)
+        b, num_masked = masked_idx.shape
+        x = torch.cat([x + pos[visible_idx], self.mask_token.expand(b, num_masked, -1) + pos[masked_idx]], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, -num_masked:]))
+
+
+class VideoMAE(nn.Module):
+    """Encoder + decoder: ``forward(clips, mask)`` -> predictions ``B x Nm x out_dim`` for the masked tokens."""
+
+    def __init__(self, config: ModelConfig, out_dim: int):
+        super().__init__()
+        self.config = config
+        self.encoder = VideoEncoder(config)
+        self.decoder = VideoDecoder(config, out_dim)
+        self.apply(_init_weights)
+
+    def forward(self, clips: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
+        grid = tuple(s // k for s, k in zip(clips.shape[2:], (self.config.tubelet, self.config.patch,
+                                                                self.config.patch)))
+        return self.decoder(self.encoder(clips, visible_idx), visible_idx, masked_idx, grid)
+
+
+def _init_weights(m: nn.Module) -> None:
+    # MAE's initialization: xavier-uniform linear layers, the patch embedding as a flattened linear map.
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv3d):
+        nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+        nn.init.zeros_(m.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
