@@ -1,12 +1,23 @@
-"""Clips/s for 16x224x224 training clips from bigbuckbunny.mp4 (720p) and bikes.mp4 through (a) the plain loop,
-(b) a torch DataLoader with 2 workers, (c) the Ray Data pipeline with 2 actors, and (ref) the usual VideoMAE
+"""Data pipeline benchmarks, two suites (``--suite pipelines|per-core|all``, default all).
+
+pipelines: clips/s for 16x224x224 training clips from bigbuckbunny.mp4 (720p) and bikes.mp4 through (a) the plain
+loop, (b) a torch DataLoader with 2 workers, (c) the Ray Data pipeline with 2 actors, and (ref) the usual VideoMAE
 path: decode the whole window from the start, convert every frame to PIL, crop and resize per frame.
 
-    python benchmarks/data_pipeline.py [--clips 24] [--shared ../shared/data]
+per-core (issue 9): clips/s per core (one process, one thread) on a Kinetics-like file (bigbuckbunny re-encoded
+to 568x320 with libx264 defaults: one key frame per 250 frames) and on its ``sigma-ray prepare`` copy (key frame
+every 16 frames), PyAV ``ClipMaker`` with repeats 1/2/4, against the VideoMAE-style reference on the same clips
+(decord ``get_batch``, PIL crop + resize per frame, float normalize); prints the cores per GPU needed for 530 and
+1,300 clips/s. decord is a benchmark extra (``pip install decord``); without it the reference is PyAV full decode
+of the window + PIL, and the table says so.
+
+    python benchmarks/data_pipeline.py [--suite per-core] [--clips 40] [--shared ../shared/data]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,12 +80,125 @@ def rate(batches, clips: int) -> tuple[float, float]:
     return clips / (end - t), (clips - first_n) / max(end - first, 1e-9)
 
 
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+TARGETS = (530, 1300)   # clips/s one GPU consumes (the GPU issue's targets)
+
+
+def k400_like(src: str, dst: str) -> None:
+    """Re-encode ``src`` to 568x320 H.264 with libx264's defaults (key frame interval 250), video only."""
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        s = inp.streams.video[0]
+        o = out.add_stream("libx264", rate=s.average_rate)
+        o.width, o.height, o.pix_fmt = 568, 320, "yuv420p"
+        for f in inp.decode(s):
+            out.mux(o.encode(f.reformat(width=568, height=320, format="yuv420p")))
+        out.mux(o.encode(None))
+
+
+def videomae_reference(path: str, config: DataConfig, clip_id: int, use_decord: bool) -> np.ndarray:
+    """The VideoMAE-style path on the same window and crop as ClipMaker's clip ``clip_id``: decord ``get_batch``
+    (or PyAV decoding every frame of the window from the start), PIL crop + resize per frame, float normalize."""
+    from PIL import Image
+
+    from sigma_ray.data.clips import sample_rng
+
+    rng = sample_rng(config.seed, 0, clip_id, 0)
+    if use_decord:
+        import decord
+
+        vr = decord.VideoReader(path, num_threads=1)
+        idx = sampling.dense_indices(len(vr), config.num_frames, config.sampling_rate, rng)
+        images = [Image.fromarray(f) for f in vr.get_batch(idx.tolist()).asnumpy()]
+    else:
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            idx = sampling.dense_indices(s.frames, config.num_frames, config.sampling_rate, rng)
+            wanted, got = set(idx.tolist()), {}
+            for i, frame in enumerate(c.decode(s)):
+                if i in wanted:
+                    got[i] = frame.to_image()
+                if i >= idx[-1]:
+                    break
+        images = [got[i] for i in idx]
+    w, h = images[0].size
+    top, left, ch, cw = transforms.multi_scale_crop_box(h, w, config.input_size, config.scales,
+                                                        config.max_distort, rng)
+    size = (config.input_size, config.input_size)
+    clip = np.stack([np.asarray(im.crop((left, top, left + cw, top + ch)).resize(size, Image.BILINEAR))
+                     for im in images])
+    return (clip.astype(np.float32) / 255.0 - MEAN) / STD
+
+
+def per_clip_rate(make, clips: int, per_call: int = 1) -> float:
+    """Clips/s from the median time of ``clips`` calls of ``make(i)`` (each makes ``per_call`` clips)."""
+    make(10_000)   # warm-up (imports, codec init)
+    times = []
+    for i in range(clips):
+        t = time.perf_counter()
+        make(i)
+        times.append(time.perf_counter() - t)
+    return per_call / statistics.median(times)
+
+
+def per_core(args) -> list[tuple[str, str, int, float]]:
+    """The issue-9 table: (method, file, repeats, clips/s per core)."""
+    from sigma_ray.data.clips import Row
+    from sigma_ray.data.prepare import PrepareConfig, prepare
+
+    try:
+        import decord  # noqa: F401
+        use_decord = True
+    except ImportError:
+        use_decord = False
+    tmp = Path(tempfile.mkdtemp(prefix="sigma_bench_"))
+    (tmp / "raw").mkdir()
+    raw = str(tmp / "raw" / "k400_like.mp4")
+    k400_like(str(Path(args.shared) / "videos" / "bigbuckbunny.mp4"), raw)
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    result = prepare(PrepareConfig(out=str(tmp / "prepared"), src=str(tmp / "raw"), progress=False))
+    ray.shutdown()
+    assert result.ok == 1, result.failed
+    prepared = str(tmp / "prepared" / "videos" / "k400_like.mp4")
+    print(f"K400-like file: {raw} (568x320, gop 250); prepared: {prepared} (gop 16), prepare took "
+          f"{result.seconds:.1f} s")
+    cfg = DataConfig(decode_short_side=320)   # 16 frames, rate 4, 224 px, multi-scale crop, tube mask 0.9
+    ref_name = "VideoMAE-style (decord get_batch + PIL)" if use_decord else "VideoMAE-style (PyAV full + PIL)"
+    rows = []
+    for label, path in (("raw", raw), ("prepared", prepared)):
+        rows.append((ref_name, label, 1, per_clip_rate(
+            lambda i: videomae_reference(path, cfg, i, use_decord), args.clips)))
+        for k in (1, 2, 4):
+            maker = ClipMaker(DataConfig(decode_short_side=320, num_repeats=k), "train")
+            rows.append(("PyAV seek + swscale (ClipMaker)", label, k, per_clip_rate(
+                lambda i: maker.make(Row(path, 0, i, 0)), args.clips, per_call=k)))
+    ref = rows[0][3]
+    print(f"\nclips/s per core (1 process, 1 thread; median of {args.clips}; 16x224x224; reference = first row)")
+    print("| path | file | repeats | clips/s per core | x reference | cores/GPU at " +
+          " | cores/GPU at ".join(f"{t}" for t in TARGETS) + " |")
+    print("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in TARGETS) + " |")
+    for name, label, k, r in rows:
+        print(f"| {name} | {label} | {k} | {r:.1f} | {r / ref:.2f}x | " +
+              " | ".join(f"{t / r:.0f}" for t in TARGETS) + " |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--suite", choices=("pipelines", "per-core", "all"), default="all")
+    ap.add_argument("--clips", type=int, default=None, help="clips per measurement (24 pipelines, 40 per-core)")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.suite in ("per-core", "all"):
+        per_core(argparse.Namespace(**{**vars(args), "clips": args.clips or 40}))
+    if args.suite in ("pipelines", "all"):
+        pipelines(argparse.Namespace(**{**vars(args), "clips": args.clips or 24}))
+
+
+def pipelines(args) -> None:
     videos = [str(Path(args.shared) / "videos" / n) for n in ("bigbuckbunny.mp4", "bikes.mp4")]
     records = [VideoRecord(videos[i % 2], 0, i) for i in range(args.clips)]
     cfg = DataConfig(batch_size=4, num_actors_min=2, num_actors_max=2, actor_num_cpus=1.0)
@@ -90,7 +214,9 @@ def main() -> None:
     import ray
     from sigma_ray.data.pipeline import ClipPipeline
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    results["Ray Data, 2 actors"] = rate(ClipPipeline(cfg, "train", records).iter_torch_batches(0), args.clips)
+    pipe = ClipPipeline(cfg, "train", records)
+    results["Ray Data, 2 actors"] = rate(pipe.iter_torch_batches(0), args.clips)
+    print("Ray Data statistics:", pipe.stats(0).summary())
     ray.shutdown()
 
     rng = np.random.default_rng(0)

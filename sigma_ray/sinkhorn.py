@@ -118,9 +118,10 @@ def _sinkhorn_log(logits: torch.Tensor, iterations: int, n_global: int, reduce: 
 def usage_perplexity(codes: torch.Tensor, num_prototypes: int) -> torch.Tensor:
     """exp(entropy) of the prototype histogram of hard assignments; K when uniform, 1 at collapse. 0-d tensor.
 
-    ``codes`` is ``N`` int (prototype indices) or ``N x K`` (argmax taken).
+    ``codes`` is ``N`` int (prototype indices) or ``N x K`` (argmax taken). A scatter-add rather than
+    ``bincount`` keeps the shape static, so ``torch.compile`` traces it without a graph break.
     """
     idx = codes if codes.ndim == 1 else codes.argmax(dim=1)
-    p = torch.bincount(idx, minlength=num_prototypes).float()
-    p = p / p.sum().clamp_min(1)
+    counts = torch.zeros(num_prototypes, device=idx.device).scatter_add_(0, idx, torch.ones_like(idx, dtype=torch.float))
+    p = counts / counts.sum().clamp_min(1)
     return torch.exp(-(p * p.clamp_min(1e-12).log()).sum())

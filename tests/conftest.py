@@ -24,3 +24,12 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> dict:
+    """A small synthetic set for the trainer tests: 4 classes x 6 train videos of 16 frames at 64x64 (~2 s)."""
+    from sigma_ray.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("tiny_synthetic"), num_classes=4, train_per_class=6,
+                          val_per_class=1, frames=16, size=64)

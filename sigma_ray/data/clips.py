@@ -62,12 +62,34 @@ class ClipMaker:
         self.masks = MaskGenerator(config.grid, config.mask)
 
     def __call__(self, row: Row, epoch: int = 0) -> Sample:
+        """The row's sample (for train with ``num_repeats > 1``: the first repeat only; see :meth:`make`)."""
+        return self.make(row, epoch, num_repeats=1)[0]
+
+    def make(self, row: Row, epoch: int = 0, num_repeats: int | None = None) -> list[Sample]:
+        """Repeated sampling: decode the row's window once and cut ``num_repeats`` samples from it (default
+        ``config.samples_per_row(split)``: ``num_repeats`` for train, 1 for val/test), each with its own crop,
+        flip and mask. Repeat 0 is exactly ``self(row, epoch)``; repeat ``r`` draws from the generator
+        ``(seed, epoch, video_id, view, r)`` and is returned with ``view = row.view + r``."""
+        c = self.config
+        k = c.samples_per_row(self.split) if num_repeats is None else num_repeats
+        if k > 1 and self.split != "train":
+            raise ValueError(f"repeated sampling is for the train split, not {self.split!r}")
+        train = self.split == "train"
+        e = epoch if train else 0
+        rng = sample_rng(c.seed, e, row.video_id, row.view)
+        frames = self.window(row, rng)
+        samples = [self._augment(frames, row, rng, row.view)]
+        for r in range(1, k):
+            samples.append(self._augment(frames, row, np.random.default_rng([c.seed, e, row.video_id, row.view, r]),
+                                         row.view + r))
+        return samples
+
+    def window(self, row: Row, rng: np.random.Generator) -> np.ndarray:
+        """Decode the frames of the row's clip: uint8 ``(T, H', W', C)`` at ``decode_short_side``."""
         c = self.config
         train = self.split == "train"
-        rng = sample_rng(c.seed, epoch if train else 0, row.video_id, row.view)
-        clip_i, crop_i = divmod(row.view, c.test_num_crops)
+        clip_i = row.view // c.test_num_crops
         num_clips = c.test_num_clips if self.split == "test" else 1
-        num_crops = c.test_num_crops if self.split == "test" else 1
         with VideoReader(row.path, threads=c.decode_threads) as reader:
             n = reader.info.num_frames
             if c.sampling == "dense":
@@ -76,7 +98,13 @@ class ClipMaker:
             else:
                 idx = (sampling.segment_indices(n, c.num_frames, rng) if train else
                        sampling.segment_eval_indices(n, c.num_frames, num_clips, clip_i))
-            frames = reader.frames(idx, c.decode_short_side)
+            return reader.frames(idx, c.decode_short_side)
+
+    def _augment(self, frames: np.ndarray, row: Row, rng: np.random.Generator, view: int) -> Sample:
+        c = self.config
+        train = self.split == "train"
+        crop_i = row.view % c.test_num_crops
+        num_crops = c.test_num_crops if self.split == "test" else 1
         _, h, w, _ = frames.shape
         if train:
             box = (transforms.multi_scale_crop_box(h, w, c.input_size, c.scales, c.max_distort, rng)
@@ -87,7 +115,7 @@ class ClipMaker:
         clip = transforms.crop_resize(frames, box, c.input_size)
         if train and c.flip and rng.random() < 0.5:
             clip = transforms.hflip(clip)
-        return Sample(clip, self.masks(rng), row.label, row.video_id, row.view)
+        return Sample(clip, self.masks(rng), row.label, row.video_id, view)
 
 
 class SkipBoundError(RuntimeError):

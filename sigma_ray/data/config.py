@@ -40,6 +40,9 @@ class DataConfig:
     rrc_scale: tuple[float, float] = (0.08, 1.0)          # random resized crop: area fraction range
     rrc_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)    # random resized crop: aspect ratio range
     flip: bool = False                    # off by default: flipping breaks left/right classes
+    num_repeats: int = 1                  # train: clips cut from one decoded window, each with its own crop,
+                                          # flip and mask, counted as separate samples (1 = the paper; 2-4
+                                          # when decoding is the bottleneck, at the cost of less diverse batches)
     mask: MaskConfig = field(default_factory=MaskConfig)
     tubelet: int = 2
     patch: int = 16
@@ -73,6 +76,7 @@ class DataConfig:
         check_range("rrc_scale[1]", self.rrc_scale[1], self.rrc_scale[0], 1.0)
         check_range("rrc_ratio[0]", self.rrc_ratio[0], 0.0, self.rrc_ratio[1], lo_open=True)
         check_range("rrc_ratio[1]", self.rrc_ratio[1], self.rrc_ratio[0], 100.0)
+        check_range("num_repeats", self.num_repeats, 1, 64)
         check_range("tubelet", self.tubelet, 1, self.num_frames)
         check_range("patch", self.patch, 1, self.input_size)
         try:
@@ -102,3 +106,12 @@ class DataConfig:
         """Samples per video: 1 for train/val, test_num_clips x test_num_crops for test."""
         check_choice("split", split, SPLITS)
         return self.test_num_clips * self.test_num_crops if split == "test" else 1
+
+    def samples_per_row(self, split: str) -> int:
+        """Samples made from one row (video view): ``num_repeats`` for train, 1 for val/test."""
+        check_choice("split", split, SPLITS)
+        return self.num_repeats if split == "train" else 1
+
+    def samples_per_video(self, split: str) -> int:
+        """Samples per video and epoch: ``num_repeats`` for train, ``views(split)`` for val/test."""
+        return self.views(split) * self.samples_per_row(split)

@@ -1,7 +1,9 @@
 """A plain single-process iterator over the same decode + augment + mask code as the Ray pipeline (no Ray).
 
 For notebooks, tests and the GPU benchmark. Batches are dicts: ``clips`` uint8 (B, T, H, W, C), ``masks`` bool
-(B, N), ``labels`` int64 (B,), ``video_ids`` int64 (B,), and for the test split ``views`` int64 (B,).
+(B, N), ``labels`` int64 (B,), ``video_ids`` int64 (B,), and for the test split ``views`` int64 (B,). With
+repeated sampling (train, ``num_repeats > 1``) every row gives ``num_repeats`` samples, each its own batch entry
+(the repeat index is in ``views``), so B counts clips, not videos.
 """
 from __future__ import annotations
 
@@ -14,6 +16,11 @@ from sigma_ray.data.annotations import VideoRecord, load_split
 from sigma_ray.data.clips import ClipMaker, Row, Sample, SkipStats, epoch_rows
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoDecodeError
+
+
+def has_views(config: DataConfig, split: str) -> bool:
+    """Whether batches of ``split`` carry ``views``: the test split, and train with repeated sampling."""
+    return split == "test" or config.samples_per_row(split) > 1
 
 
 def collate(samples: list[Sample], with_views: bool = False) -> dict[str, np.ndarray]:
@@ -50,19 +57,24 @@ class ClipIterator:
 
     def __len__(self) -> int:
         """Batches in the epoch if no video is skipped."""
-        return -(-len(self.rows) // self.config.batch_size)
+        return -(-self.num_samples // self.config.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the epoch if no video is skipped (rows x ``num_repeats`` for train)."""
+        return len(self.rows) * self.config.samples_per_row(self.split)
 
     def samples(self) -> Iterator[Sample]:
         c = self.config
         for row in self.rows:
             try:
-                sample = self.maker(row, self.epoch)
+                samples = self.maker.make(row, self.epoch)
             except VideoDecodeError as e:
                 self.stats.add(1, [(e.path, e.reason)])
                 self.stats.check(c.max_skip_fraction, c.skip_min_rows)
                 continue
             self.stats.add(1)
-            yield sample
+            yield from samples
         self.stats.check(c.max_skip_fraction, c.skip_min_rows, final=True)
 
     def __iter__(self) -> Iterator[dict]:
@@ -76,7 +88,7 @@ class ClipIterator:
             yield self._out(buf)
 
     def _out(self, samples: list[Sample]) -> dict:
-        batch = collate(samples, with_views=self.split == "test")
+        batch = collate(samples, with_views=has_views(self.config, self.split))
         if self.as_torch:
             batch = {k: torch.from_numpy(v) for k, v in batch.items()}
         return batch

@@ -1,0 +1,42 @@
+"""The pretrained encoder alone, as one file loadable without Ray: ``encoder.pt`` = {"format", "model_config",
+"state_dict", "meta"}. The evaluation code calls :func:`load_encoder`."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sigma_ray.config import from_dict
+from sigma_ray.model.vit import ModelConfig, VideoEncoder
+
+FORMAT = "sigma-ray-encoder/1"
+
+
+def save_encoder(encoder: nn.Module, config: ModelConfig, path: str | Path, meta: dict[str, Any] | None = None
+                 ) -> Path:
+    """Write the encoder's weights with its ModelConfig (as a dict) and free-form ``meta`` (step, run name...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": FORMAT, "model_config": dataclasses.asdict(config), "state_dict": state,
+                "meta": dict(meta or {})}, tmp)
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return path
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> VideoEncoder:
+    """A :class:`VideoEncoder` with the exported weights (strict), in eval mode. ``encoder.config`` is its
+    ModelConfig and ``encoder.export_meta`` the metadata saved with it."""
+    blob = torch.load(Path(path), map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a sigma-ray encoder export (format {FORMAT})")
+    cfg = dict(blob["model_config"])
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    encoder = VideoEncoder(from_dict(ModelConfig, cfg))
+    encoder.load_state_dict(blob["state_dict"], strict=True)
+    encoder.export_meta = blob.get("meta", {})
+    return encoder.eval()

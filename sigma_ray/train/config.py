@@ -1,0 +1,163 @@
+"""The pretraining run's configuration: the optimizer recipe, the Ray Train resources, and the whole run.
+
+:class:`TrainConfig` holds the paper's ViT-B recipe (AdamW, betas (0.9, 0.95), weight decay 0.05, base lr 1.5e-4
+and min lr 1e-5 both scaled by global batch / 256, 40 warm-up epochs of 800). :class:`PretrainConfig` bundles
+the model, objective, data and train sections with the run's name and storage path, and checks that they agree
+(the clip shape the data layer makes is the one the model embeds). No Ray import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, load_yaml, merge_overrides
+from sigma_ray.data.config import DataConfig
+from sigma_ray.model.sigma import ObjectiveConfig
+from sigma_ray.model.vit import ModelConfig
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule, precision, resources and bookkeeping of one pretraining run.
+
+    Steps are optimizer steps. One step consumes ``data.batch_size x accumulate_steps`` clips on each of
+    ``num_workers`` workers (the *global batch*); an epoch is ``len(train set) // global batch`` steps
+    (``steps_per_epoch`` caps it). ``max_steps`` caps the run *and* compresses the schedule to that many steps
+    (warm-up keeps its fraction ``warmup_epochs / epochs``): for tests and demos.
+
+    ``fail_at_step`` is a **test hook**: the last worker raises once at the start of that step (a marker file in
+    the run directory records that it did), to exercise ``max_failures`` and the resume from the last checkpoint.
+    """
+
+    epochs: int = 800
+    warmup_epochs: float = 40
+    base_lr: float = 1.5e-4               # scaled by global batch / 256
+    min_lr: float = 1e-5                  # scaled by global batch / 256 too
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine weight-decay schedule to this value when set
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = None
+    accumulate_steps: int = 1
+    compile: bool = False
+    precision: Precision = "auto"         # auto: bf16 autocast on GPU, fp32 on CPU; fp16 uses a GradScaler
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # 1 when use_gpu and unset; ignored without use_gpu
+    check_placement: bool = True          # fail before starting when a fixed-size cluster cannot hold the run
+
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    max_failures: int = 0
+    max_steps: int | None = None
+    steps_per_epoch: int | None = None
+    seed: int = 0
+    fail_at_step: int | None = None       # TEST HOOK: one worker raises once when this step starts
+
+    def validate(self) -> None:
+        check_range("epochs", self.epochs, 1)
+        check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs)
+        check_range("base_lr", self.base_lr, 0.0, lo_open=True)
+        check_range("min_lr", self.min_lr, 0.0)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        if self.weight_decay_end is not None:
+            check_range("weight_decay_end", self.weight_decay_end, 0.0)
+        for i, b in enumerate(self.betas):
+            check_range(f"betas[{i}]", b, 0.0, 1.0, hi_open=True)
+        if self.grad_clip is not None:
+            check_range("grad_clip", self.grad_clip, 0.0, lo_open=True)
+        check_range("accumulate_steps", self.accumulate_steps, 1, 4096)
+        check_choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        check_range("num_workers", self.num_workers, 1, 65536)
+        check_range("cpus_per_worker", self.cpus_per_worker, 0.0, 1024)
+        if self.gpus_per_worker is not None:
+            check_range("gpus_per_worker", self.gpus_per_worker, 0.0, 16, lo_open=self.use_gpu)
+        check_range("log_every", self.log_every, 1)
+        check_range("checkpoint_every", self.checkpoint_every, 1)
+        check_range("keep_checkpoints", self.keep_checkpoints, 1)
+        check_range("max_failures", self.max_failures, -1)
+        if self.max_steps is not None:
+            check_range("max_steps", self.max_steps, 1)
+        if self.steps_per_epoch is not None:
+            check_range("steps_per_epoch", self.steps_per_epoch, 1)
+        check_range("seed", self.seed, 0, 2**63 - 1)
+        if self.fail_at_step is not None:
+            check_range("fail_at_step", self.fail_at_step, 1)
+
+    @property
+    def worker_gpus(self) -> float:
+        """GPUs per worker actually requested: 0 without use_gpu, else gpus_per_worker (default 1)."""
+        if not self.use_gpu:
+            return 0.0
+        return 1.0 if self.gpus_per_worker is None else float(self.gpus_per_worker)
+
+    def resources_per_worker(self) -> dict[str, float]:
+        res = {"CPU": float(self.cpus_per_worker)}
+        if self.use_gpu:
+            res["GPU"] = self.worker_gpus
+        return res
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining run. Checkpoints, TensorBoard scalars, ``config.yaml`` and ``encoder.pt`` go to
+    ``storage_path/name`` (use shared storage, e.g. ``s3://...`` or NFS, on a multi-node cluster; a relative
+    path is taken from the working directory). Running again with the same name and storage path resumes
+    from the latest checkpoint.
+
+    ``synthetic: true`` makes the launcher write the synthetic data set (sigma_ray.data.synthetic) into
+    ``data.root`` when ``data.train_list`` does not exist yet (for the local demo config).
+
+    The data section must make the clips the model embeds: ``data.num_frames``, ``data.input_size``,
+    ``data.tubelet`` and ``data.patch`` must equal ``model.num_frames``, ``model.img_size``,
+    ``model.tubelet`` and ``model.patch`` (a mismatch is an error, never silently fixed).
+    """
+
+    name: str = "sigma"
+    storage_path: str = "runs"
+    synthetic: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name = {self.name!r} must be a non-empty directory name without '/'")
+        if not self.storage_path:
+            raise ConfigError("storage_path must not be empty")
+        pairs = (("num_frames", "num_frames"), ("input_size", "img_size"), ("tubelet", "tubelet"),
+                 ("patch", "patch"))
+        for d, m in pairs:
+            if getattr(self.data, d) != getattr(self.model, m):
+                raise ConfigError(f"data.{d} = {getattr(self.data, d)} differs from model.{m} = "
+                                  f"{getattr(self.model, m)}: the data must make the clips the model embeds")
+        if self.synthetic and not (self.data.root and self.data.train_list):
+            raise ConfigError("synthetic = true needs data.root (where to write the set) and data.train_list")
+
+    @property
+    def global_batch(self) -> int:
+        """Clips per optimizer step over all workers."""
+        return self.data.batch_size * self.train.accumulate_steps * self.train.num_workers
+
+    def with_train(self, **changes: Any) -> "PretrainConfig":
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
+
+
+def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                         **top: Any) -> PretrainConfig:
+    """A PretrainConfig from an optional YAML file, ``section.field=value`` overrides (values parsed as YAML)
+    and top-level keyword overrides (``name=``, ``storage_path=``; None leaves the value). Raises ConfigError
+    naming the field for unknown keys, wrong types and out-of-range or inconsistent values."""
+    data = load_yaml(path) if path is not None else {}
+    data = merge_overrides(data, overrides)
+    for k, v in top.items():
+        if v is not None:
+            data[k] = v
+    return from_dict(PretrainConfig, data)

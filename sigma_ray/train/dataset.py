@@ -1,0 +1,81 @@
+"""The training stream: one Ray Data dataset that yields every epoch in turn, reshuffled per epoch, resumable.
+
+Ray Train splits the ``train`` dataset across its workers once per worker group, so per-epoch datasets cannot be
+swapped in. Instead the dataset's rows are generated lazily per epoch: item ``e`` of a small ``from_items`` list
+expands (``flat_map``) into epoch ``e``'s rows, shuffled by ``(data.seed, e)`` exactly as the data layer's
+:func:`~sigma_ray.data.clips.epoch_rows` does, cut to ``rows_per_epoch`` (whole global batches). The clip actors
+then make each row's clip with *that row's* epoch, so augmentations and masks change every epoch.
+
+Where the stream starts comes from a small :class:`DataCursor` actor read when execution begins: rank 0 sets it
+from the checkpoint it resumes from, before any worker pulls a batch. Epochs before the cursor's yield nothing, the
+cursor's epoch starts ``offset`` rows in. So a worker group restarted by ``FailureConfig`` (which re-executes the
+same dataset) continues the data where the checkpoint left it instead of at the first epoch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from sigma_ray.data.clips import epoch_rows
+from sigma_ray.data.pipeline import ClipBatchUDF, ClipPipeline
+
+
+@ray.remote(num_cpus=0)
+class DataCursor:
+    """(epoch, row offset) where the next execution of the training stream starts."""
+
+    def __init__(self, epoch: int = 0, offset: int = 0):
+        self.position = (epoch, offset)
+
+    def set(self, epoch: int, offset: int) -> None:
+        self.position = (int(epoch), int(offset))
+
+    def get(self) -> tuple[int, int]:
+        return self.position
+
+
+class EpochClipBatchUDF(ClipBatchUDF):
+    """The data layer's clip maker, but the epoch comes from each row's ``epoch`` column (batches may straddle
+    two epochs). Adds an ``epochs`` column to the output."""
+
+    def __init__(self, config, stats):
+        super().__init__(config, "train", 0, stats)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        epochs = np.asarray(batch.pop("epoch"))
+        parts = []
+        for e in dict.fromkeys(epochs.tolist()):  # first-seen order
+            sel = epochs == e
+            self.epoch = int(e)
+            out = super().__call__({k: np.asarray(v)[sel] for k, v in batch.items()})
+            out["epochs"] = np.full(len(out["labels"]), int(e), dtype=np.int64)
+            parts.append(out)
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def training_stream(pipeline: ClipPipeline, rows_per_epoch: int, num_epochs: int,
+                    cursor: "ray.actor.ActorHandle") -> "ray.data.Dataset":
+    """Epochs ``0 .. num_epochs-1`` of the pipeline's train records (from the cursor on), ``rows_per_epoch`` rows
+    each, through the pipeline's actor pool and skip statistics."""
+    config = pipeline.config
+    records_ref = ray.put(pipeline.records)
+
+    def rows_of(item: dict) -> list[dict]:
+        epoch = int(item["epoch"])
+        start, offset = ray.get(cursor.get.remote())
+        if epoch < start:
+            return []
+        rows = epoch_rows(ray.get(records_ref), config, "train", epoch)[:rows_per_epoch]
+        if epoch == start:
+            rows = rows[offset:]
+        return [{**r._asdict(), "epoch": epoch} for r in rows]
+
+    items = ray.data.from_items([{"epoch": e} for e in range(num_epochs)], override_num_blocks=num_epochs)
+    rows = items.flat_map(rows_of, num_cpus=0.05)
+    return rows.map_batches(
+        EpochClipBatchUDF, fn_constructor_kwargs={"config": config, "stats": pipeline.stats_actor},
+        batch_size=config.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=config.num_actors_min, max_size=config.num_actors_max),
+        num_cpus=config.actor_num_cpus, resources=dict(config.actor_resources) or None)

@@ -1,0 +1,251 @@
+"""Launch a pretraining run: ``pretrain(PretrainConfig) -> PretrainResult``.
+
+Starts a local Ray when none runs (inside ``ray job submit`` it connects to the job's cluster), checks before any
+worker starts that a fixed-size cluster can place the training workers and the decode actors, builds the
+training stream (:mod:`sigma_ray.train.dataset`), runs ``TorchTrainer`` (Ray Train V2) and exports the encoder.
+
+Run directory ``storage_path/name``: ``config.yaml`` (the resolved config), ``checkpoint_XXXXXXXX/`` (the last
+``keep_checkpoints``), ``tensorboard/``, ``metrics.jsonl``, ``encoder.pt``. Running again with the same name and
+storage path resumes from the latest checkpoint: Ray Train V2 reloads its checkpoint manager's snapshot from the
+run directory and hands the latest checkpoint to the workers' ``ray.train.get_checkpoint()``; the same holds for a
+worker group restarted by ``FailureConfig(max_failures)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from sigma_ray.config import ConfigError, save_yaml, to_dict
+from sigma_ray.train.checkpoint import read_state
+from sigma_ray.train.config import PretrainConfig
+
+log = logging.getLogger("sigma_ray.train")
+ENCODER_FILE = "encoder.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class PlacementError(ConfigError):
+    """The cluster cannot place the run's training workers and decode actors."""
+
+
+@dataclass
+class PretrainResult:
+    run_dir: str
+    steps: int                     # optimizer steps done (the latest checkpoint's step)
+    total_steps: int
+    checkpoint: Any                # ray.train.Checkpoint of the latest checkpoint, or None
+    encoder_path: str | None
+    metrics: dict
+    ray_result: Any
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_paths(config: PretrainConfig) -> PretrainConfig:
+    """Absolute local paths for the storage path and the data lists (Ray workers may run elsewhere)."""
+    def absolute(p: str | None) -> str | None:
+        return p if p is None or _is_uri(p) else str(Path(p).expanduser().resolve())
+
+    data = dataclasses.replace(config.data, train_list=absolute(config.data.train_list),
+                               val_list=absolute(config.data.val_list), root=absolute(config.data.root))
+    return dataclasses.replace(config, storage_path=absolute(config.storage_path), data=data)
+
+
+def ensure_synthetic(config: PretrainConfig) -> None:
+    """Write the synthetic set into ``data.root`` when ``synthetic`` is set and ``data.train_list`` is missing."""
+    if not config.synthetic or Path(config.data.train_list).is_file():
+        return
+    from sigma_ray.data.synthetic import make_synthetic
+
+    frames = max(32, config.data.num_frames * config.data.sampling_rate)
+    log.info("writing the synthetic data set to %s", config.data.root)
+    paths = make_synthetic(config.data.root, frames=frames, size=max(64, config.data.input_size))
+    if Path(paths["train"]) != Path(config.data.train_list):
+        raise ConfigError(f"synthetic = true wrote {paths['train']}, but data.train_list = "
+                          f"{config.data.train_list}: point data.train_list at root/train.csv")
+
+
+def _autoscaling() -> bool:
+    """True when an autoscaler may add nodes (then the current resources say nothing about placement)."""
+    try:
+        from ray.data._internal.cluster_autoscaler.util import is_autoscaling_enabled
+        import ray._private.state
+
+        if is_autoscaling_enabled():
+            return True
+        cfg = ray._private.state.state.get_cluster_config()
+        return bool(cfg and cfg.node_group_configs)
+    except Exception:  # noqa: BLE001 - an unknown setup: do not block the run on a guess
+        return True
+
+
+def placement_problems(config: PretrainConfig, nodes: list[dict] | None = None) -> list[str]:
+    """Why the live (fixed-size) cluster cannot hold ``num_workers`` training bundles and ``num_actors_min``
+    decode actors; empty when it can. ``nodes`` are ``ray.nodes()`` entries (the live ones by default).
+    Uses the cluster helper's per-node packing, so a bundle must fit on one node."""
+    from sigma_ray.cluster import check_placement
+
+    nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive", True)]
+    types = {f"node{i}": {"resources": {k: v for k, v in n["Resources"].items() if not k.startswith("node:")},
+                          "max_workers": 0 if i == 0 else 1} for i, n in enumerate(nodes)}
+    cluster = {"max_workers": max(len(nodes) - 1, 0), "head_node_type": "node0", "available_node_types": types}
+    tc, dc = config.train, config.data
+    problems = check_placement(cluster, tc.num_workers, tc.cpus_per_worker, tc.worker_gpus,
+                               dc.num_actors_min, dc.actor_num_cpus, dict(dc.actor_resources))
+    if problems:
+        total = ray.cluster_resources() if nodes is None or ray.is_initialized() else {}
+        problems.append(f"the cluster has {len(nodes)} node(s) with {total} in all and no autoscaler; lower "
+                        f"train.num_workers / train.cpus_per_worker / train.gpus_per_worker / data.num_actors_min / "
+                        f"data.actor_num_cpus, or set train.check_placement=false if nodes are on their way")
+    return problems
+
+
+def check_cluster(config: PretrainConfig) -> None:
+    """Raise PlacementError when a cluster without autoscaler cannot place the run (before any worker starts)."""
+    if not config.train.check_placement or _autoscaling():
+        return
+    problems = placement_problems(config)
+    if problems:
+        raise PlacementError("the run does not fit the cluster: " + "; ".join(problems))
+
+
+def run_dir_of(config: PretrainConfig) -> str:
+    return f"{config.storage_path.rstrip('/')}/{config.name}"
+
+
+def _write_file(local: Path, dest: str) -> None:
+    """Copy a local file to ``dest`` (a local path or a pyarrow-supported URI)."""
+    if not _is_uri(dest):
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        if Path(dest).resolve() != local.resolve():
+            Path(dest).write_bytes(local.read_bytes())
+        return
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(dest)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(local.read_bytes())
+
+
+def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
+    """Write the encoder of a training checkpoint (``ray.train.Checkpoint`` or a directory) to ``dest``."""
+    import tempfile
+
+    import torch
+
+    from sigma_ray.model.export import save_encoder
+    from sigma_ray.model.vit import VideoEncoder
+    from sigma_ray.train.checkpoint import STATE_FILE
+
+    def export_from(directory: str) -> str:
+        blob = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        encoder = VideoEncoder(config.model)
+        encoder_state = {k[len("video.encoder."):]: v for k, v in blob["model"].items()
+                         if k.startswith("video.encoder.")}
+        encoder.load_state_dict(encoder_state, strict=True)
+        meta = {"step": blob["step"], "run": config.name, "objective": config.objective.kind}
+        with tempfile.TemporaryDirectory() as tmp:
+            local = save_encoder(encoder, config.model, Path(tmp) / ENCODER_FILE, meta)
+            _write_file(local, dest)
+        return dest
+
+    if hasattr(checkpoint, "as_directory"):
+        with checkpoint.as_directory() as d:
+            return export_from(d)
+    return export_from(str(checkpoint))
+
+
+def pretrain(config: PretrainConfig, callbacks: list | None = None) -> PretrainResult:
+    """Run (or resume) the pretraining run ``config`` on the current Ray cluster; returns where it ended.
+
+    Raises ConfigError / PlacementError before any worker starts, NonFiniteLossError when the loss became
+    non-finite (the last good checkpoint is kept), and Ray Train's TrainingFailedError when workers failed more
+    than ``train.max_failures`` times.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from sigma_ray.data.pipeline import ClipPipeline
+    from sigma_ray.train.dataset import DataCursor, training_stream
+    from sigma_ray.train.loop import train_loop_per_worker
+
+    config = resolve_paths(config)
+    config.validate()
+    if not ray.is_initialized():
+        ray.init()
+    check_cluster(config)
+    ensure_synthetic(config)
+    teacher = config.objective.teacher_checkpoint
+    if config.objective.kind == "sigma_dino" and not (_is_uri(teacher) or Path(teacher).is_file()):
+        raise ConfigError(f"objective.teacher_checkpoint = {teacher!r} is not a file: point it at the local "
+                          "weights of the frozen image teacher (e.g. DINO ViT-B/16)")
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
+    pipeline = ClipPipeline(config.data, "train")
+    num_videos = len(pipeline.records)
+    spe = num_videos // config.global_batch
+    if spe < 1:
+        raise ConfigError(f"the train set has {num_videos} videos, fewer than one global batch of "
+                          f"{config.global_batch} (data.batch_size x train.accumulate_steps x train.num_workers)")
+    if config.train.steps_per_epoch is not None:
+        spe = min(spe, config.train.steps_per_epoch)
+    total = config.train.epochs * spe
+    if config.train.max_steps is not None:
+        total = min(total, config.train.max_steps)
+
+    run_dir = run_dir_of(config)
+    if _is_uri(run_dir):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_yaml(config, Path(tmp) / "config.yaml")
+            _write_file(Path(tmp) / "config.yaml", f"{run_dir}/config.yaml")
+    else:
+        save_yaml(config, Path(run_dir) / "config.yaml")
+
+    cursor = DataCursor.remote()
+    # one spare epoch at the end: skipped videos shorten epochs, and no worker may run dry before the last step
+    dataset = training_stream(pipeline, spe * config.global_batch, config.train.epochs + 1, cursor)
+    tc = config.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(config), "run_dir": run_dir, "steps_per_epoch": spe,
+                           "total_steps": total, "cursor": cursor, "skip_stats": pipeline.stats_actor},
+        scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                               resources_per_worker=tc.resources_per_worker()),
+        run_config=ray.train.RunConfig(
+            name=config.name, storage_path=config.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            callbacks=callbacks),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    checkpoint = result.checkpoint
+    steps = 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            steps = read_state(d).step
+    if "nonfinite_step" in metrics:
+        where = checkpoint.path if checkpoint is not None else "none (no checkpoint was saved before it)"
+        raise NonFiniteLossError(f"non-finite loss at step {metrics['nonfinite_step']}; the run stopped. "
+                                 f"Last good checkpoint: {where}")
+    encoder_path = None
+    if checkpoint is not None:
+        encoder_path = export_encoder(checkpoint, config, f"{run_dir}/{ENCODER_FILE}")
+    print(f"[sigma-ray] run {config.name}: {steps}/{total} steps; run directory {run_dir}"
+          + (f"; encoder {encoder_path}" if encoder_path else ""), flush=True)
+    return PretrainResult(run_dir, steps, total, checkpoint, encoder_path, metrics, result)

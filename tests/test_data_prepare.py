@@ -1,0 +1,171 @@
+"""``sigma-ray prepare`` on the shared real videos and the broken ones (real PyAV, real Ray tasks)."""
+import io
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from sigma_ray.config import ConfigError
+from sigma_ray.data.annotations import load_list
+from sigma_ray.data.config import DataConfig
+from sigma_ray.data.decode import VideoReader
+from sigma_ray.data.iterator import ClipIterator
+from sigma_ray.data.prepare import (PrepareConfig, Progress, add_arguments, config_from_args, prepare,
+                                    read_manifest)
+
+GOOD = {"bunny": ["bigbuckbunny.mp4"], "bikes": ["bikes.mp4"], "phone": ["carphone_distorted.mp4",
+                                                                          "carphone_pristine.mp4"]}
+BAD = ("empty.mp4", "half_bikes.mp4", "not_a_video.mp4", "truncated_bikes.mp4")
+
+
+def frames_of(path):
+    """Decoded frame count and key frame indices (presentation order) of a video, audio streams."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        pts = sorted((p.pts, p.is_keyframe) for p in c.demux(s) if p.pts is not None)
+        audio = len(c.streams.audio)
+    return n, [i for i, (_, k) in enumerate(pts) if k], audio
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, shared_data, ray_session):
+    src = tmp_path_factory.mktemp("raw")
+    for cls, names in GOOD.items():
+        (src / cls).mkdir()
+        for n in names:
+            os.symlink(shared_data / "videos" / n, src / cls / n)
+    for n in BAD:                                     # broken files inside a class folder, beside good ones
+        os.symlink(shared_data / "bad" / n, src / "bikes" / f"bad_{n}")
+    out = tmp_path_factory.mktemp("prepared")
+    cfg = PrepareConfig(out=str(out), src=str(src), size=160, task_num_cpus=0.5, progress=False)
+    return cfg, prepare(cfg), src, out
+
+
+def test_outputs_decode_and_match_the_manifest(prepared):
+    cfg, result, src, out = prepared
+    m = read_manifest(out).to_pylist()
+    assert len(m) == result.total == 8 and result.transcoded == 8 and result.ok == 4
+    ok = [r for r in m if r["status"] == "ok"]
+    assert sorted(Path(r["src"]).name for r in ok) == sorted(n for ns in GOOD.values() for n in ns)
+    for r in ok:
+        path = out / r["path"]
+        n_src, _, _ = frames_of(r["src"])
+        n_out, keys, audio = frames_of(path)
+        assert n_out == n_src == r["num_frames"] == r["src_num_frames"], r
+        assert audio == 0                                                  # bigbuckbunny has audio: dropped
+        assert keys[0] == 0 and max(np.diff(keys + [n_out])) <= cfg.gop   # a key frame every 16 frames
+        with VideoReader(str(path)) as v:
+            assert (v.info.num_frames, v.info.width, v.info.height) == (r["num_frames"], r["width"], r["height"])
+            assert abs(v.info.fps - r["fps"]) < 1e-3 and r["duration"] == pytest.approx(r["num_frames"] / r["fps"])
+            last = v.frames(range(r["num_frames"] - 16, r["num_frames"]))   # a late window decodes
+            assert last.shape == (16, r["height"], r["width"], 3)
+        short = min(r["src_width"], r["src_height"])
+        assert min(r["width"], r["height"]) == min(160, short)             # short side 160, never upscaled
+        aspect = r["src_width"] / r["src_height"]
+        assert abs(r["width"] / r["height"] - aspect) < 0.02
+    bunny = next(r for r in ok if r["src"].endswith("bigbuckbunny.mp4"))
+    assert (bunny["width"], bunny["height"]) == (284, 160)
+
+
+def test_broken_inputs_are_listed_with_reasons_and_nothing_else_is_lost(prepared, shared_data):
+    cfg, result, src, out = prepared
+    failed = dict(result.failed)
+    assert sorted(Path(p).name for p in failed) == sorted(f"bad_{n}" for n in BAD)
+    assert all(reason for reason in failed.values())
+    assert "114 of 250" in failed[str(src / "bikes" / "bad_half_bikes.mp4")]   # names the missing frames
+    m = {Path(r["src"]).name: r for r in read_manifest(out).to_pylist()}
+    for n in BAD:
+        r = m[f"bad_{n}"]
+        assert r["status"] == "failed" and r["reason"] == failed[r["src"]] and r["num_frames"] is None
+        assert not (out / r["path"]).exists() and not (out / (r["path"] + ".part")).exists()
+    assert (out / "classes.txt").read_text().split() == ["bikes", "bunny", "phone"]
+    recs = load_list(out / "train.csv", root=str(out))                   # VideoMAE format, ok videos only
+    assert sorted((Path(r.path).name, r.label) for r in recs) == [
+        ("bigbuckbunny.mp4", 1), ("bikes.mp4", 0), ("carphone_distorted.mp4", 2), ("carphone_pristine.mp4", 2)]
+    data = DataConfig(train_list=str(out / "train.csv"), root=str(out), num_frames=8, sampling_rate=2,
+                      input_size=64, decode_short_side=96, batch_size=4, max_skip_fraction=0.0)
+    batches = list(ClipIterator(data, "train"))
+    assert len(batches) == 1 and batches[0]["clips"].shape == (4, 8, 64, 64, 3)
+
+
+def test_second_run_does_no_work(prepared):
+    cfg, first, src, out = prepared
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in (".mp4", ".csv", ".txt"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    manifest = read_manifest(out)
+    again = prepare(cfg)
+    assert again.transcoded == 0 and again.skipped == 8
+    assert sorted(again.failed) == sorted(first.failed) and again.ok == 4
+    for p in files:
+        if p.suffix == ".mp4":
+            assert p.stat().st_mtime_ns == before[p][0], p                # not rewritten
+        assert p.read_bytes() == before[p][1], p                           # lists identical
+    assert read_manifest(out).equals(manifest)
+
+
+def test_annotation_lists_webm_height_resize_and_resume(tmp_path, shared_data, ray_session):
+    raw = tmp_path / "raw"
+    (raw / "clips").mkdir(parents=True)
+    with av.open(str(shared_data / "videos" / "carphone_pristine.mp4")) as c, \
+            av.open(str(raw / "clips" / "a.webm"), "w") as w:              # an SSv2-like webm (VP8), 40 frames
+        s = w.add_stream("libvpx", rate=25)
+        s.width, s.height, s.pix_fmt = 176, 144, "yuv420p"
+        for i, f in enumerate(c.decode(video=0)):
+            if i == 40:
+                break
+            w.mux(s.encode(f.reformat(format="yuv420p")))
+        w.mux(s.encode(None))
+    os.symlink(shared_data / "videos" / "carphone_distorted.mp4", raw / "clips" / "b.mp4")
+    (raw / "train.csv").write_text("clips/a.webm 3\nclips/b.mp4 5\n")
+    (raw / "val.csv").write_text("clips/a.webm 3\nclips/missing.mp4 1\n")
+    out = tmp_path / "out"
+    cfg = PrepareConfig(out=str(out), lists={"train": str(raw / "train.csv"), "val": str(raw / "val.csv")},
+                        root=str(raw), resize="height", size=96, gop=8, task_num_cpus=0.5, progress=False)
+    r = prepare(cfg)
+    assert r.total == 3 and r.transcoded == 3 and r.ok == 2                # a.webm is prepared once
+    assert [Path(p).name for p, _ in r.failed] == ["missing.mp4"] and "cannot open" in r.failed[0][1]
+    assert (out / "train.csv").read_text() == "videos/clips/a.mp4 3\nvideos/clips/b.mp4 5\n"
+    assert (out / "val.csv").read_text() == "videos/clips/a.mp4 3\n"
+    m = read_manifest(out).to_pylist()
+    assert [(x["split"], x["status"]) for x in m] == [("train", "ok"), ("train", "ok"), ("val", "ok"),
+                                                      ("val", "failed")]
+    n, keys, _ = frames_of(out / "videos/clips/a.mp4")
+    assert n == m[0]["num_frames"] == 40 and keys == [0, 8, 16, 24, 32]
+    assert (m[0]["width"], m[0]["height"]) == (116, 96)                   # height 96, even width
+    # resume: an output lost (or a run killed before it) is redone, nothing else; failures are kept ...
+    (out / "videos/clips/a.mp4").unlink()
+    r2 = prepare(cfg)
+    assert r2.transcoded == 1 and r2.skipped == 2 and r2.ok == 2
+    drop_time = lambda rows: [{k: v for k, v in x.items() if k != "seconds"} for x in rows]
+    assert drop_time(read_manifest(out).to_pylist()) == drop_time(m)
+    # ... unless asked to retry them
+    r3 = prepare(PrepareConfig(**{**cfg.__dict__, "retry_failed": True}))
+    assert r3.transcoded == 1 and len(r3.failed) == 1
+    # changed encoding settings redo everything
+    r4 = prepare(PrepareConfig(**{**cfg.__dict__, "gop": 4}))
+    assert r4.transcoded == 3
+
+
+def test_cli_arguments_and_progress_line():
+    import argparse
+
+    ns = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["raw/", "out/", "--height", "240", "--resources", '{"decode_node": 0.01}', "--task-cpus", "2"])
+    cfg = config_from_args(ns)
+    assert (cfg.resize, cfg.size, cfg.task_resources, cfg.task_num_cpus) == ("height", 240, {"decode_node": 0.01}, 2)
+    assert config_from_args(add_arguments(argparse.ArgumentParser()).parse_args(["a", "b"])).size == 320
+    with pytest.raises(ConfigError, match="SPLIT=FILE"):
+        config_from_args(add_arguments(argparse.ArgumentParser()).parse_args(["a", "b", "--list", "x.csv"]))
+    with pytest.raises(ConfigError, match="gop"):
+        PrepareConfig(out="o", src="s", gop=0).validate()
+    buf = io.StringIO()
+    p = Progress(total=10, already=4, stream=buf)
+    p.t0 -= 2.0
+    p.update(failed=True)
+    p.show(final=True)
+    assert "5/10 videos, 1 failed, 4 already done" in buf.getvalue() and "ETA 0:00:1" in buf.getvalue()

@@ -1,0 +1,182 @@
+"""Trainer configuration, optimizer groups and schedules, checkpoints and the encoder export (no Ray Train run)."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sigma_ray.config import ConfigError
+from sigma_ray.model.export import load_encoder, save_encoder
+from sigma_ray.model.sigma import ObjectiveConfig, build_model
+from sigma_ray.model.vit import ModelConfig
+from sigma_ray.train.checkpoint import (TrainState, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                        read_state, save_checkpoint)
+from sigma_ray.train.cli import build_parser, config_from_args, main
+from sigma_ray.train.config import PretrainConfig, TrainConfig, load_pretrain_config
+from sigma_ray.train.optim import Schedule, build_optimizer, make_schedule, no_weight_decay, param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.yaml"))
+TINY = ROOT / "experiments" / "configs" / "local_tiny.yaml"
+
+
+def test_paper_defaults():
+    t = TrainConfig()
+    assert (t.epochs, t.warmup_epochs, t.base_lr, t.min_lr, t.weight_decay, t.betas) == \
+        (800, 40, 1.5e-4, 1e-5, 0.05, (0.9, 0.95))
+    assert t.precision == "auto" and t.accumulate_steps == 1 and t.grad_clip is None
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_pretrain_config(path)
+    assert cfg.data.num_frames == cfg.model.num_frames
+    if path.name != "local_tiny.yaml":
+        assert cfg.train.use_gpu and cfg.train.gpus_per_worker == 1 and cfg.train.epochs == 800
+        assert cfg.model.num_frames == 16 and cfg.model.img_size == 224 and cfg.data.mask.ratio == 0.9
+        assert cfg.data.actor_resources == {"decode_node": 0.01}
+
+
+def test_paper_hyperparameters_per_config():
+    by = {p.name: load_pretrain_config(p) for p in CONFIGS}
+    assert by["k400_vitb.yaml"].objective.sinkhorn_eps == 0.05 and by["k400_vitb.yaml"].data.sampling_rate == 4
+    for name in ("ssv2_vitb.yaml", "ssv2_vits_mlp.yaml", "ssv2_vits_dino.yaml"):
+        assert by[name].objective.sinkhorn_eps == 0.03 and by[name].data.sampling_rate == 2, name
+    assert by["ssv2_vits_mlp.yaml"].model.size == "small" and by["ssv2_vitb.yaml"].model.size == "base"
+    assert by["ssv2_vits_dino.yaml"].objective.kind == "sigma_dino"
+    assert by["ssv2_vits_dino.yaml"].objective.teacher_checkpoint
+    assert by["videomae_k400_vitb.yaml"].objective.kind == "videomae"
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.epochz=3", "unknown key epochz in train"),
+    ("bogus=1", "unknown key bogus"),
+    ("train.epochs=ten", "train.epochs must be an integer"),
+    ("train.use_gpu=maybe", "train.use_gpu must be true or false"),
+    ("data.mask.ratio=1.0", r"data.mask.ratio = 1.0 is outside the allowed range \(0.0, 1.0\)"),
+    ("data.mask.ratio=0", r"data.mask.ratio = 0.0 is outside"),
+    ("train.base_lr=-1", "train.base_lr"),
+    ("train.precision=fp8", "train.precision"),
+    ("train.num_workers=0", "train.num_workers = 0 is outside"),
+])
+def test_bad_values_name_the_field(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_pretrain_config(TINY, [override])
+
+
+def test_frames_not_divisible_by_tubelet():
+    with pytest.raises(ConfigError, match="model.frames = 7 must be a positive multiple of 2"):
+        load_pretrain_config(TINY, ["model.num_frames=7", "data.num_frames=7"])
+
+
+def test_data_and_model_shapes_must_agree():
+    with pytest.raises(ConfigError, match="data.num_frames = 16 differs from model.num_frames = 8"):
+        load_pretrain_config(TINY, ["data.num_frames=16"])
+    with pytest.raises(ConfigError, match="data.input_size = 96 differs from model.img_size = 64"):
+        load_pretrain_config(TINY, ["data.input_size=96", "data.decode_short_side=96"])
+
+
+def test_cli_overrides_and_booleans(capsys):
+    args = build_parser().parse_args(["--config", str(TINY), "--set", "train.compile=False", "--set",
+                                      "train.use_gpu=false", "--set", "train.betas=[0.8, 0.9]",
+                                      "--num-workers", "3", "--name", "x", "--storage-path", "/tmp/s"])
+    cfg = config_from_args(args)
+    assert cfg.train.compile is False and cfg.train.use_gpu is False and cfg.train.betas == (0.8, 0.9)
+    assert cfg.train.num_workers == 3 and cfg.name == "x" and cfg.storage_path == "/tmp/s"
+    assert config_from_args(build_parser().parse_args(["--config", str(TINY), "--set", "train.compile=true"])
+                            ).train.compile is True
+    assert main(["--config", str(TINY), "--set", "train.epochz=1"]) == 2
+    assert "unknown key epochz" in capsys.readouterr().err
+    assert main(["--config", str(TINY), "--set", "train.use_gpu=true", "--dry-run"]) == 0
+    assert "use_gpu: true" in capsys.readouterr().out
+
+
+def test_param_groups_skip_norms_biases_and_tokens():
+    model = build_model(ModelConfig("tiny", 8, 64), ObjectiveConfig(num_prototypes=16))
+    decay, skip = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in skip["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "video.decoder.mask_token" in skipped and "video.encoder.norm.weight" in skipped
+    assert "video.encoder.blocks.0.attn.qkv.bias" in skipped and "video.encoder.patch_embed.bias" in skipped
+    assert "video.encoder.blocks.0.attn.qkv.weight" in decayed and "video.encoder.patch_embed.weight" in decayed
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert skip["weight_decay"] == 0 and decay["weight_decay"] == 0.05
+    assert len(decayed) + len(skipped) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert no_weight_decay("pos_embed", torch.zeros(1, 4, 8))
+
+
+def test_schedule_warmup_cosine_and_scaling():
+    t = TrainConfig(epochs=10, warmup_epochs=2, base_lr=1.5e-4, min_lr=1e-5, weight_decay=0.04,
+                    weight_decay_end=0.4)
+    s = make_schedule(t, steps_per_epoch=5, global_batch=512)
+    assert s.total_steps == 50 and s.warmup_steps == 10
+    assert s.peak_lr == pytest.approx(3e-4) and s.min_lr == pytest.approx(2e-5)
+    assert s.lr(0) == pytest.approx(3e-5) and s.lr(9) == pytest.approx(3e-4)
+    assert s.lr(10) == pytest.approx(3e-4)
+    assert s.lr(30) == pytest.approx(2e-5 + (3e-4 - 2e-5) * 0.5)
+    assert s.lr(50) == pytest.approx(2e-5) and s.lr(49) > 2e-5
+    assert all(s.lr(i + 1) <= s.lr(i) + 1e-12 for i in range(10, 50))
+    assert s.wd(0) == pytest.approx(0.04) and s.wd(50) == pytest.approx(0.4)
+    capped = make_schedule(TrainConfig(epochs=800, warmup_epochs=40, max_steps=100), 1000, 256)
+    assert capped.total_steps == 100 and capped.warmup_steps == 5
+    model = torch.nn.Linear(3, 3)
+    opt = build_optimizer(model, 1.0, 0.05, (0.9, 0.95))
+    assert s.apply(opt, 30) == pytest.approx(s.lr(30))
+    assert [g["weight_decay"] for g in opt.param_groups] == [pytest.approx(s.wd(30)), 0.0]
+
+
+def test_checkpoint_roundtrip_and_encoder_export(tmp_path):
+    cfg = ModelConfig("tiny", 8, 64)
+    torch.manual_seed(0)
+    model = build_model(cfg, ObjectiveConfig(num_prototypes=16))
+    opt = build_optimizer(model, 1e-3, 0.05, (0.9, 0.95))
+    model(torch.randn(2, 3, 8, 64, 64), torch.tensor([[True] * 56 + [False] * 8] * 2))["loss"].backward()
+    opt.step()
+    save_checkpoint(tmp_path / "checkpoint_00000007", model, opt, None, TrainState(7, 1, 1, 12), rank=0)
+    save_checkpoint(tmp_path / "checkpoint_00000007", model, opt, None, TrainState(7, 1, 1, 12), rank=1)
+    after = torch.rand(3)
+    save_checkpoint(tmp_path / "checkpoint_00000003", model, None, None, TrainState(3), rank=0)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint_00000003", "checkpoint_00000007"]
+    assert latest_checkpoint(tmp_path).name == "checkpoint_00000007"
+    torch.manual_seed(123)
+    other = build_model(cfg, ObjectiveConfig(num_prototypes=16))
+    other_opt = build_optimizer(other, 1e-3, 0.05, (0.9, 0.95))
+    state = load_checkpoint(tmp_path / "checkpoint_00000007", other, other_opt, None, rank=0)
+    assert (state.step, state.epoch, state.data_epoch, state.data_offset) == (7, 1, 1, 12)
+    assert torch.equal(torch.rand(3), after)  # the RNG continues where it was saved
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert other_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+    assert read_state(tmp_path / "checkpoint_00000003").step == 3
+
+    path = save_encoder(model.encoder, cfg, tmp_path / "encoder.pt", {"step": 7})
+    code = (f"import sys, torch; from sigma_ray.model.export import load_encoder; "
+            f"e = load_encoder({str(path)!r}); assert 'ray' not in sys.modules; "
+            f"print(e.config.size, e.export_meta['step'], e.forward_features(torch.zeros(1, 3, 8, 64, 64)).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["tiny", "7", "torch.Size([1,", "64,", "192])"]
+    enc = load_encoder(path)
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), model.encoder.state_dict().values()))
+
+
+def test_placement_error_before_any_worker_starts(ray_session, tmp_path):
+    from sigma_ray.train.launch import PlacementError, placement_problems, pretrain
+
+    cfg = load_pretrain_config(TINY, ["train.num_workers=8", "train.cpus_per_worker=1", "synthetic=false",
+                                      f"data.train_list={tmp_path}/missing.csv"],
+                               name="too_big", storage_path=str(tmp_path))
+    assert placement_problems(cfg)
+    with pytest.raises(PlacementError, match="8 training workers"):
+        pretrain(cfg)
+    assert not (tmp_path / "too_big").exists()
+    gpu = load_pretrain_config(TINY, ["train.use_gpu=true"])
+    assert any("GPU" in p for p in placement_problems(gpu))
+    actors = load_pretrain_config(TINY, ["data.actor_resources={decode_node: 0.01}"])
+    assert any("decode_node" in p for p in placement_problems(actors))
+    assert placement_problems(load_pretrain_config(TINY)) == []
