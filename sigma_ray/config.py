@@ -198,3 +198,24 @@ def save_yaml(obj: Any, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with Path(path).open("w") as f:
         yaml.safe_dump(to_dict(obj), f, sort_keys=False)
+
+
+def run_config_command(load: typing.Callable[[], Any], run: typing.Callable[[Any], int], dry_run: bool = False,
+                       failures: tuple[type[Exception], ...] = ()) -> int:
+    """The shape of every config-driven command: ``load()`` the config, print it and stop on ``dry_run``, else
+    ``run(config)``. Exit status: run's status; 2 for a ConfigError (from loading or running), 1 for one of
+    ``failures`` (printed as one line, not a traceback)."""
+    import sys
+
+    try:
+        config = load()
+        if dry_run:
+            print(yaml.safe_dump(to_dict(config), sort_keys=False))
+            return 0
+        return run(config)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except failures as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -33,3 +33,23 @@ def tiny_synthetic(tmp_path_factory) -> dict:
 
     return make_synthetic(tmp_path_factory.mktemp("tiny_synthetic"), num_classes=4, train_per_class=6,
                           val_per_class=1, frames=16, size=64)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is several times faster than two."""
+    from sigma_ray.eval.metrics import single_thread
+
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    """A randomly initialized ``tiny`` encoder for 8 frames at 64x64, in eval mode (seed 0)."""
+    import torch
+
+    from sigma_ray.model.vit import ModelConfig, VideoEncoder
+
+    torch.manual_seed(0)
+    return VideoEncoder(ModelConfig(size="tiny", num_frames=8, img_size=64)).eval()

@@ -20,7 +20,9 @@ from sigma_ray.train.config import PretrainConfig, TrainConfig, load_pretrain_co
 from sigma_ray.train.optim import Schedule, build_optimizer, make_schedule, no_weight_decay, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.yaml"))
+# Pretraining configs: every YAML there except the evaluation (eval_*) and sweep (sweep_*) ones.
+CONFIGS = sorted(p for p in (ROOT / "experiments" / "configs").glob("*.yaml")
+                 if not p.name.startswith(("eval_", "sweep_")))
 TINY = ROOT / "experiments" / "configs" / "local_tiny.yaml"
 
 

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from sigma_ray.config import ConfigError
+from sigma_ray.config import run_config_command
 
 
 def build_parser(prog: str = "pretrain") -> argparse.ArgumentParser:
@@ -37,32 +37,19 @@ def config_from_args(args: argparse.Namespace):
     return load_pretrain_config(args.config, overrides, name=args.name, storage_path=args.storage_path)
 
 
+def _pretrain(config) -> int:
+    from sigma_ray.train.launch import pretrain
+
+    pretrain(config)
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "pretrain") -> int:
+    from sigma_ray.train.launch import NonFiniteLossError
+
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        import yaml
-
-        from sigma_ray.config import to_dict
-
-        print(yaml.safe_dump(to_dict(config), sort_keys=False))
-        return 0
-    from sigma_ray.train.launch import NonFiniteLossError, pretrain
-
-    try:
-        pretrain(config)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_config_command(lambda: config_from_args(args), _pretrain, args.dry_run, (NonFiniteLossError,))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ worker group restarted by ``FailureConfig(max_failures)``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None) -> PretrainR
 
     from sigma_ray.data.pipeline import ClipPipeline
     from sigma_ray.train.dataset import DataCursor, training_stream
-    from sigma_ray.train.loop import train_loop_per_worker
+    from sigma_ray.train.loop import NONFINITE_FILE, train_loop_per_worker
 
     config = resolve_paths(config)
     config.validate()
@@ -215,6 +215,9 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None) -> PretrainR
     else:
         save_yaml(config, Path(run_dir) / "config.yaml")
 
+    nonfinite = Path(run_dir) / NONFINITE_FILE
+    if not _is_uri(run_dir):
+        nonfinite.unlink(missing_ok=True)  # from an earlier attempt of this run
     cursor = DataCursor.remote()
     # one spare epoch at the end: skipped videos shorten epochs, and no worker may run dry before the last step
     dataset = training_stream(pipeline, spe * config.global_batch, config.train.epochs + 1, cursor)
@@ -239,9 +242,10 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None) -> PretrainR
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             steps = read_state(d).step
-    if "nonfinite_step" in metrics:
+    if not _is_uri(run_dir) and nonfinite.is_file():
+        bad_step = json.loads(nonfinite.read_text())["step"]
         where = checkpoint.path if checkpoint is not None else "none (no checkpoint was saved before it)"
-        raise NonFiniteLossError(f"non-finite loss at step {metrics['nonfinite_step']}; the run stopped. "
+        raise NonFiniteLossError(f"non-finite loss at step {bad_step}; the run stopped. "
                                  f"Last good checkpoint: {where}")
     encoder_path = None
     if checkpoint is not None:

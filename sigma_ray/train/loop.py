@@ -10,14 +10,13 @@ K-vectors over the default process group, the one Ray Train's TorchConfig initia
 equipartition over the global batch. Every ``log_every`` steps: metrics through ``ray.train.report`` (and
 TensorBoard scalars, ``metrics.jsonl`` and a progress line on rank 0). Every ``checkpoint_every`` steps and at the
 end: a checkpoint. A non-finite loss stops the run (no checkpoint of the bad state) with ``nonfinite_step`` in the
-last report.
+last report and in ``run_dir/nonfinite.json``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import random
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from sigma_ray.train.optim import build_optimizer, make_schedule
 
 log = logging.getLogger("sigma_ray.train")
 FAIL_MARKER = "fail_at_step.done"
+# Written by rank 0 when the loss turns non-finite; Ray's result only carries the last checkpoint's metrics.
+NONFINITE_FILE = "nonfinite.json"
 
 
 def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
@@ -89,7 +90,8 @@ class _Progress:
         line = (f"[sigma-ray] step {step}/{self.total} ({100 * step / self.total:.1f}%) epoch {metrics['epoch']} "
                 f"| loss {loss:.4f} | lr {metrics['lr']:.3g} | {metrics['clips_per_s']:.1f} clips/s "
                 f"| data wait {metrics['data_wait_s'] * 1e3:.0f} ms/step | ETA {format_eta(eta_s)}")
-        print(line, flush=True)
+        # Ray Train V2 patches print() to log *and* tee; the original stream prints the line once.
+        print(line, file=sys.__stdout__, flush=True)
 
     def close(self) -> None:
         if self.enabled:
@@ -99,6 +101,8 @@ class _Progress:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     config = from_dict(PretrainConfig, loop_config["config"])
+    # Ray Train logs every report's full metrics dict at INFO; the progress line says the same once.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     tc, dc = config.train, config.data
     run_dir = Path(loop_config["run_dir"])
     spe, total = int(loop_config["steps_per_epoch"]), int(loop_config["total_steps"])
@@ -149,7 +153,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     t_start = t_interval = time.perf_counter()
     if rank == 0:
         print(f"[sigma-ray] {'resuming at' if start_step else 'starting'} step {start_step}/{total} "
-              f"({world} workers, global batch {global_batch}, {spe} steps/epoch, device {device})", flush=True)
+              f"({world} workers, global batch {global_batch}, {spe} steps/epoch, device {device})", file=sys.__stdout__, flush=True)
     try:
         while step < total:
             if tc.fail_at_step is not None and step + 1 == tc.fail_at_step and rank == world - 1:
@@ -203,8 +207,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 metrics["nonfinite_step"] = bad_step
                 msg = f"non-finite loss at step {bad_step}: stopping; the last good checkpoint is kept"
                 if rank == 0:
-                    print(f"[sigma-ray] {msg}", flush=True)
+                    print(f"[sigma-ray] {msg}", file=sys.__stdout__, flush=True)
                     log.error(msg)
+                    (run_dir / NONFINITE_FILE).write_text(json.dumps({"step": bad_step}))
                 ray.train.report(metrics)
                 return
             eta = (time.perf_counter() - t_start) / max(step - start_step, 1) * (total - step)
