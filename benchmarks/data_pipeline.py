@@ -2,24 +2,26 @@
 
 pipelines: clips/s for 16x224x224 training clips from bigbuckbunny.mp4 (720p) and bikes.mp4 through (a) the plain
 loop, (b) a torch DataLoader with 2 workers, (c) the Ray Data pipeline with 2 actors, and (ref) the usual VideoMAE
-path: decode the whole window from the start, convert every frame to PIL, crop and resize per frame.
+path: decode the window from the start, convert the sampled frames to PIL, crop and resize per frame, normalize.
 
-per-core (issue 9): clips/s per core (one process, one thread) on a Kinetics-like file (bigbuckbunny re-encoded
-to 568x320 with libx264 defaults: one key frame per 250 frames) and on its ``sigma-ray prepare`` copy (key frame
-every 16 frames), PyAV ``ClipMaker`` with repeats 1/2/4, against the VideoMAE-style reference on the same clips
-(decord ``get_batch``, PIL crop + resize per frame, float normalize); prints the cores per GPU needed for 530 and
-1,300 clips/s. decord is a benchmark extra (``pip install decord``); without it the reference is PyAV full decode
-of the window + PIL, and the table says so.
+per-core (issue 9): clips/s per core (one process, one decoder thread) on a Kinetics-like file (bigbuckbunny
+re-encoded to 568x320 with libx264 defaults: one key frame per 250 frames) and on its ``sigma-ray prepare`` copy (a
+key frame every 16 frames, x264 ``fastdecode``): PyAV ``ClipMaker`` with repeats 1/2/4 against the VideoMAE-style
+reference on the same clips (decord ``get_batch``, PIL crop + resize per frame, float normalize), the methods
+taking turns clip by clip; prints the cores per GPU needed for 530 and 1,300 clips/s. decord is the ``bench``
+extra (``pip install -e '.[bench]'``); without it the reference decodes with PyAV from frame 0 and the table says so.
 
     python benchmarks/data_pipeline.py [--suite per-core] [--clips 40] [--shared ../shared/data]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -47,24 +49,6 @@ class RowDataset(torch.utils.data.Dataset):
             return self.maker(self.rows[i])
         except VideoDecodeError:
             return None
-
-
-def pil_reference(path: str, config: DataConfig, rng: np.random.Generator):
-    """The frame-by-frame VideoMAE path (decord/PIL style): decode from the start to the end of the window,
-    keep the sampled frames as PIL images, then crop + resize each image."""
-    with av.open(path) as c:
-        n = c.streams.video[0].frames
-        idx = sampling.dense_indices(n, config.num_frames, config.sampling_rate, rng)
-        wanted, images = set(idx.tolist()), {}
-        for i, frame in enumerate(c.decode(video=0)):
-            if i in wanted:
-                images[i] = frame.to_image()
-            if i >= idx[-1]:
-                break
-    w, h = images[idx[0]].size
-    top, left, ch, cw = transforms.multi_scale_crop_box(h, w, config.input_size, config.scales, 1, rng)
-    size = (config.input_size, config.input_size)
-    return np.stack([np.asarray(images[i].crop((left, top, left + cw, top + ch)).resize(size)) for i in idx])
 
 
 def rate(batches, clips: int) -> tuple[float, float]:
@@ -113,6 +97,7 @@ def videomae_reference(path: str, config: DataConfig, clip_id: int, use_decord: 
     else:
         with av.open(path) as c:
             s = c.streams.video[0]
+            s.codec_context.thread_count = 1   # one core, like the other paths
             idx = sampling.dense_indices(s.frames, config.num_frames, config.sampling_rate, rng)
             wanted, got = set(idx.tolist()), {}
             for i, frame in enumerate(c.decode(s)):
@@ -130,19 +115,29 @@ def videomae_reference(path: str, config: DataConfig, clip_id: int, use_decord: 
     return (clip.astype(np.float32) / 255.0 - MEAN) / STD
 
 
-def per_clip_rate(make, clips: int, per_call: int = 1) -> float:
-    """Clips/s from the median time of ``clips`` calls of ``make(i)`` (each makes ``per_call`` clips)."""
-    make(10_000)   # warm-up (imports, codec init)
-    times = []
+def interleaved_rates(methods: dict[str, tuple[Callable[[int], object], int]], clips: int) -> dict[str, float]:
+    """Clips/s per method from the median time of ``clips`` calls ``make(i)`` (each makes ``per_call`` clips).
+
+    The methods take turns clip by clip (i = 0: every method, i = 1: every method, ...) so that a change in the
+    load of a shared machine hits all of them alike instead of whichever happened to run at that moment.
+    """
+    for make, _ in methods.values():
+        make(10_000)   # warm-up (imports, codec init)
+    times: dict[str, list[float]] = {name: [] for name in methods}
     for i in range(clips):
-        t = time.perf_counter()
-        make(i)
-        times.append(time.perf_counter() - t)
-    return per_call / statistics.median(times)
+        for name, (make, _) in methods.items():
+            t = time.perf_counter()
+            make(i)
+            times[name].append(time.perf_counter() - t)
+    return {name: per_call / statistics.median(times[name]) for name, (_, per_call) in methods.items()}
 
 
 def per_core(args) -> list[tuple[str, str, int, float]]:
-    """The issue-9 table: (method, file, repeats, clips/s per core)."""
+    """The issue-9 table: (method, file, repeats, clips/s per core); the reference is the first row."""
+    import os
+
+    import ray
+
     from sigma_ray.data.clips import Row
     from sigma_ray.data.prepare import PrepareConfig, prepare
 
@@ -155,8 +150,6 @@ def per_core(args) -> list[tuple[str, str, int, float]]:
     (tmp / "raw").mkdir()
     raw = str(tmp / "raw" / "k400_like.mp4")
     k400_like(str(Path(args.shared) / "videos" / "bigbuckbunny.mp4"), raw)
-    import ray
-
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     result = prepare(PrepareConfig(out=str(tmp / "prepared"), src=str(tmp / "raw"), progress=False))
     ray.shutdown()
@@ -165,23 +158,30 @@ def per_core(args) -> list[tuple[str, str, int, float]]:
     print(f"K400-like file: {raw} (568x320, gop 250); prepared: {prepared} (gop 16), prepare took "
           f"{result.seconds:.1f} s")
     cfg = DataConfig(decode_short_side=320)   # 16 frames, rate 4, 224 px, multi-scale crop, tube mask 0.9
-    ref_name = "VideoMAE-style (decord get_batch + PIL)" if use_decord else "VideoMAE-style (PyAV full + PIL)"
-    rows = []
+    ref_name = "VideoMAE-style: decord get_batch + PIL + normalize" if use_decord else \
+        "VideoMAE-style: PyAV decode from frame 0 + PIL + normalize (decord not installed)"
+    methods: dict[tuple[str, str, int], tuple[Callable[[int], object], int]] = {}
     for label, path in (("raw", raw), ("prepared", prepared)):
-        rows.append((ref_name, label, 1, per_clip_rate(
-            lambda i: videomae_reference(path, cfg, i, use_decord), args.clips)))
+        methods[(ref_name, label, 1)] = (lambda i, path=path: videomae_reference(path, cfg, i, use_decord), 1)
         for k in (1, 2, 4):
             maker = ClipMaker(DataConfig(decode_short_side=320, num_repeats=k), "train")
-            rows.append(("PyAV seek + swscale (ClipMaker)", label, k, per_clip_rate(
-                lambda i: maker.make(Row(path, 0, i, 0)), args.clips, per_call=k)))
+            methods[("PyAV seek + swscale (ClipMaker)", label, k)] = (
+                lambda i, maker=maker, path=path: maker.make(Row(path, 0, i, 0)), k)
+    rates = interleaved_rates(methods, args.clips)
+    rows = [(name, label, k, r) for (name, label, k), r in rates.items()]
     ref = rows[0][3]
-    print(f"\nclips/s per core (1 process, 1 thread; median of {args.clips}; 16x224x224; reference = first row)")
-    print("| path | file | repeats | clips/s per core | x reference | cores/GPU at " +
-          " | cores/GPU at ".join(f"{t}" for t in TARGETS) + " |")
+    load = os.getloadavg()[0]
+    print(f"\nclips/s per core (1 process, 1 decoder thread; median of {args.clips} clips, methods interleaved; "
+          f"16x224x224; {os.cpu_count()} cores, load average {load:.1f} at the end; reference = first row)")
+    print("| path | file | repeats | clips/s per core | x reference | " +
+          " | ".join(f"cores/GPU at {t}" for t in TARGETS) + " |")
     print("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in TARGETS) + " |")
     for name, label, k, r in rows:
         print(f"| {name} | {label} | {k} | {r:.1f} | {r / ref:.2f}x | " +
-              " | ".join(f"{t / r:.0f}" for t in TARGETS) + " |")
+              " | ".join(f"{math.ceil(t / r)}" for t in TARGETS) + " |")
+    ours = {(label, k): r for name, label, k, r in rows if name != ref_name}
+    print(f"goals: prepared + PyAV {ours[('prepared', 1)] / ref:.2f}x the reference (>= 2x), with 4 repeats "
+          f"{ours[('prepared', 4)] / ref:.2f}x (>= 4x)")
     return rows
 
 
@@ -219,9 +219,9 @@ def pipelines(args) -> None:
     print("Ray Data statistics:", pipe.stats(0).summary())
     ray.shutdown()
 
-    rng = np.random.default_rng(0)
-    results["PIL per-frame reference (1 process)"] = rate(
-        ({"labels": pil_reference(videos[i % 2], cfg, rng)[:1]} for i in range(args.clips)), args.clips)
+    results["VideoMAE-style reference (1 process)"] = rate(
+        ({"labels": videomae_reference(videos[i % 2], cfg, i, use_decord=False)[:1]} for i in range(args.clips)),
+        args.clips)
 
     print(f"{'':38s} {'overall':>9s} {'steady':>9s}  (clips/s; steady = after the first batch)")
     for name, (r, steady) in results.items():
@@ -229,7 +229,7 @@ def pipelines(args) -> None:
     (plain, _), (dl, dl_s), (ray_rate, ray_s), (pil, _) = results.values()
     print(f"Ray / DataLoader (same 2 cores): overall {ray_rate / dl:.2f}x, steady {ray_s / dl_s:.2f}x")
     print(f"DataLoader / plain: {dl / plain:.2f}x   Ray / plain: {ray_rate / plain:.2f}x")
-    print(f"plain (seek + resize in decoder) / PIL per-frame reference, one core each: {plain / pil:.2f}x")
+    print(f"plain (seek + resize in decoder) / VideoMAE-style reference, one core each: {plain / pil:.2f}x")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_synthetic)
 
+    # the prepare options live beside the job (sigma_ray/data/prepare.py); importing them loads av, not Ray
+    from sigma_ray.data.prepare import add_arguments as prepare_arguments, run_prepare
+
+    p = prepare_arguments(sub.add_parser(
+        "prepare", help="turn a raw video data set into a training-ready copy (parallel Ray tasks)",
+        description="Resize and re-encode every video (H.264, short key-frame interval, no audio) in parallel "
+                    "Ray tasks; write VideoMAE lists and manifest.parquet. Resumable: a rerun skips finished "
+                    "videos."))
+    p.set_defaults(func=run_prepare)
+
     args = parser.parse_args(argv)
     return args.func(args)
 

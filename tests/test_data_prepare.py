@@ -59,6 +59,8 @@ def test_outputs_decode_and_match_the_manifest(prepared):
         assert n_out == n_src == r["num_frames"] == r["src_num_frames"], r
         assert audio == 0                                                  # bigbuckbunny has audio: dropped
         assert keys[0] == 0 and max(np.diff(keys + [n_out])) <= cfg.gop   # a key frame every 16 frames
+        x264_settings = path.read_bytes()                                  # x264 writes them into the stream
+        assert b"cabac=0" in x264_settings and b"deblock=0:" in x264_settings   # tune=fastdecode
         with VideoReader(str(path)) as v:
             assert (v.info.num_frames, v.info.width, v.info.height) == (r["num_frames"], r["width"], r["height"])
             assert abs(v.info.fps - r["fps"]) < 1e-3 and r["duration"] == pytest.approx(r["num_frames"] / r["fps"])
@@ -169,3 +171,25 @@ def test_cli_arguments_and_progress_line():
     p.update(failed=True)
     p.show(final=True)
     assert "5/10 videos, 1 failed, 4 already done" in buf.getvalue() and "ETA 0:00:1" in buf.getvalue()
+
+
+def test_sigma_ray_prepare_command(tmp_path, shared_data, ray_session, capsys):
+    from sigma_ray.cli import main
+
+    src, out = tmp_path / "raw", tmp_path / "out"
+    for cls, video in (("a", shared_data / "videos" / "carphone_distorted.mp4"),
+                       ("b", shared_data / "bad" / "empty.mp4")):
+        (src / cls).mkdir(parents=True)
+        os.symlink(video, src / cls / video.name)
+    args = ["prepare", str(src), str(out), "--short-side", "96", "--gop", "8", "--tune", "none", "--task-cpus", "0.5",
+            "--quiet"]
+    assert main(args) == 0                                                 # a failed video is listed, not fatal
+    printed = capsys.readouterr().out
+    assert "1 of 2 videos ready" in printed and f"failed: {src / 'b' / 'empty.mp4'}: cannot open" in printed
+    assert (out / "train.csv").read_text() == "videos/a/carphone_distorted.mp4 0\n"
+    assert b"cabac=1" in (out / "videos/a/carphone_distorted.mp4").read_bytes()   # x264's defaults, as asked
+    assert [(r["status"], r["width"], r["height"]) for r in read_manifest(out).to_pylist()] == [
+        ("ok", 116, 96), ("failed", None, None)]                             # 176x144 -> 117x96 -> even
+    assert main(args) == 0 and "(0 prepared now, 2 already done" in capsys.readouterr().out   # nothing to redo
+    assert main(["prepare", str(src), str(out), "--gop", "0"]) == 2        # a bad option names its field
+    assert "gop" in capsys.readouterr().err

@@ -67,3 +67,20 @@ def test_crop_resize_flip_and_eval_crops():
     assert transforms.eval_crop_box(200, 100, 100, 3, 2) == (100, 0, 100, 100)
     assert transforms.eval_crop_box(100, 200, 100, 1, 0) == (0, 50, 100, 100)
     assert transforms.resize_short_side(clip, 50).shape == (2, 50, 100, 3)
+
+
+def test_crop_resize_matches_a_float_antialiased_resize():
+    """The uint8 fast path is the float bilinear antialiased resize, rounded (to within 1 grey level)."""
+    import torch
+    import torch.nn.functional as F
+
+    clip = np.random.default_rng(0).integers(0, 256, (3, 90, 130, 3), dtype=np.uint8)
+    for box, size in (((5, 10, 80, 100), 32), ((0, 0, 90, 130), (120, 140))):   # down- and upscaling
+        top, left, h, w = box
+        x = torch.from_numpy(clip[:, top:top + h, left:left + w].astype(np.float32)).permute(0, 3, 1, 2)
+        out_hw = (size, size) if isinstance(size, int) else size
+        ref = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False, antialias=True)
+        ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
+        got = transforms.crop_resize(clip, box, size)
+        assert got.dtype == np.uint8 and got.shape == (3, *out_hw, 3)
+        assert np.abs(got.astype(np.float32) - ref).max() <= 1

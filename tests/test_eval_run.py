@@ -152,3 +152,18 @@ def test_example_configs_load(name):
     path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{name}.yaml"
     config = load_config(EvalConfig, path)
     assert config.data.num_classes and config.protocols
+
+
+def test_knn_probe_matches_the_evaluation_path_and_pickles_light(encoder, data_config):
+    import pickle
+
+    from sigma_ray.eval.features import features_for_split
+    from sigma_ray.eval.knn import KnnProbe, knn_eval
+
+    probe = KnnProbe(data_config, num_classes=4, k=5)
+    got = probe(encoder)
+    direct = knn_eval(features_for_split(encoder, data_config, "train"), features_for_split(encoder, data_config, "val"),
+                      4, (5,))
+    assert got == {"knn_top1": direct["knn5_top1"], "knn_top5": direct["knn5_top5"]}
+    assert probe(encoder) == got  # the cached clips give the same answer
+    assert len(pickle.dumps(probe)) < 10_000  # the decoded clips stay behind

@@ -51,7 +51,8 @@ class DataConfig:
     num_actors_min: int = 1
     num_actors_max: int = 2
     actor_num_cpus: float = 0.5           # fractional so a 2-core machine can run actors beside the trainer
-    actor_resources: dict[str, float] = field(default_factory=dict)   # e.g. {"cpu_node": 0.01} on a cluster
+    actor_resources: dict[str, float] = field(default_factory=dict)   # e.g. {"decode_node": 0.01}: cluster.yaml's
+                                          # CPU-only cpu_decode nodes, keeping GPU nodes' cores for trainers
     decode_threads: int = 1               # FFmpeg threads per decoder; 1 since actors already run in parallel
     seed: int = 0
     max_skip_fraction: float = 0.05       # more skipped videos than this fraction of rows seen is an error

@@ -9,7 +9,8 @@ Output, under ``out``:
 - ``videos/<path relative to the source root>.mp4``: H.264 (libx264, yuv420p), resized (short side 320 for
   K400-like data, height 240 for SSv2-like, never upscaled, even sides), constant frame rate at the source's
   average rate, a key frame every ``gop`` frames (so a training window decodes from a near key frame instead of
-  walking from frame 0), no audio;
+  walking from frame 0), x264's ``fastdecode`` tuning (no CABAC, no deblocking filter: ~2x faster to decode for
+  ~10% larger files and ~0.3 dB PSNR), no audio;
 - ``<split>.csv``: VideoMAE lists (``videos/... label``, paths relative to ``out``: set the data config's
   ``root`` to ``out``) of the videos that were prepared; failed videos are left out of the lists;
 - ``classes.txt`` (folder input): class names, line ``i`` is label ``i``;
@@ -32,7 +33,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -64,6 +65,7 @@ class PrepareConfig:
     gop: int = 16                              # frames between key frames
     crf: int = 23                              # x264 quality (lower = better, larger files)
     preset: str = "veryfast"                   # x264 speed preset
+    tune: Literal["fastdecode", "none"] = "fastdecode"   # fastdecode: the decode actors' work roughly halves
     frame_tolerance: float = 0.05              # fail a video that decodes fewer than (1 - this) x claimed frames
 
     task_num_cpus: float = 1.0                 # CPUs per Ray task (one video each)
@@ -84,6 +86,7 @@ class PrepareConfig:
         check_range("crf", self.crf, 0, 51)
         check_choice("preset", self.preset, ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                                              "slow", "slower", "veryslow"))
+        check_choice("tune", self.tune, ("fastdecode", "none"))
         check_range("frame_tolerance", self.frame_tolerance, 0.0, 1.0)
         check_range("task_num_cpus", self.task_num_cpus, 0.0, 64.0, lo_open=True)
         for k, v in self.task_resources.items():
@@ -93,8 +96,8 @@ class PrepareConfig:
 
     def encoding(self) -> dict[str, Any]:
         """The settings an output depends on (a change redoes every video)."""
-        return {"resize": self.resize, "size": self.size, "gop": self.gop, "crf": self.crf,
-                "preset": self.preset, "codec": "libx264", "frame_tolerance": self.frame_tolerance}
+        return {"resize": self.resize, "size": self.size, "gop": self.gop, "crf": self.crf, "preset": self.preset,
+                "tune": self.tune, "codec": "libx264", "frame_tolerance": self.frame_tolerance}
 
 
 # ---------------------------------------------------------------------------------------------- the work list
@@ -252,9 +255,11 @@ def _transcode(src: str, dst: str, tmp: str, enc: dict[str, Any], threads: int) 
         os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
         n = 0
         with av.open(tmp, "w", format="mp4") as out:
-            o = out.add_stream(enc["codec"], rate=rate, options={
-                "crf": str(enc["crf"]), "preset": enc["preset"], "g": str(enc["gop"]),
-                "keyint_min": str(enc["gop"]), "sc_threshold": "0"})
+            options = {"crf": str(enc["crf"]), "preset": enc["preset"], "g": str(enc["gop"]),
+                       "keyint_min": str(enc["gop"]), "sc_threshold": "0"}   # key frames exactly every gop
+            if enc["tune"] != "none":
+                options["tune"] = enc["tune"]
+            o = out.add_stream(enc["codec"], rate=rate, options=options)
             o.width, o.height, o.pix_fmt = width, height, "yuv420p"
             o.codec_context.thread_count = threads
             tb = Fraction(1) / rate
@@ -512,6 +517,8 @@ def read_manifest(out: str | Path):
 
 
 # ---------------------------------------------------------------------------------- command line (entry layer)
+# The `sigma-ray prepare` options and their translation to a PrepareConfig; sigma_ray/cli.py mounts them. They
+# live here, beside the job, so the CLI only wires them in.
 
 def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``sigma-ray prepare`` arguments (for the CLI's sub-command parser)."""
@@ -529,6 +536,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--gop", type=int, default=16, help="frames between key frames (default 16)")
     ap.add_argument("--crf", type=int, default=23)
     ap.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
+    ap.add_argument("--tune", choices=("fastdecode", "none"), default="fastdecode",
+                    help="x264 tuning (default fastdecode: ~2x faster decoding, ~10%% larger files)")
     ap.add_argument("--task-cpus", type=float, default=1.0, help="CPUs per Ray task (default 1)")
     ap.add_argument("--resources", default="{}", help='extra Ray resources per task, JSON: \'{"decode_node": 0.01}\'')
     ap.add_argument("--max-in-flight", type=int, default=0)
@@ -555,7 +564,7 @@ def config_from_args(ns: argparse.Namespace) -> PrepareConfig:
     else:
         resize, size = "short_side", ns.short_side or 320
     cfg = PrepareConfig(out=ns.out, src=ns.src, lists=lists, root=ns.root, labeled=not ns.unlabeled,
-                        resize=resize, size=size, gop=ns.gop, crf=ns.crf, preset=ns.preset,
+                        resize=resize, size=size, gop=ns.gop, crf=ns.crf, preset=ns.preset, tune=ns.tune,
                         task_num_cpus=ns.task_cpus, task_resources=resources, max_in_flight=ns.max_in_flight,
                         retry_failed=ns.retry_failed, progress=not ns.quiet)
     cfg.validate()
@@ -576,13 +585,3 @@ def run_prepare(ns: argparse.Namespace) -> int:
     if len(result.failed) > 20:
         print(f"  ... {len(result.failed) - 20} more in {result.manifest}")
     return 0
-
-
-def prepare_main(argv: list[str] | None = None) -> int:
-    """``sigma-ray prepare SRC OUT [options]``."""
-    ap = add_arguments(argparse.ArgumentParser(prog="sigma-ray prepare", description=__doc__.splitlines()[0]))
-    return run_prepare(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(prepare_main())

@@ -1,7 +1,7 @@
 """Spatial augmentation of uint8 ``T x H x W x C`` clips: one crop box per clip (the same for every frame).
 
 Boxes are ``(top, left, height, width)`` in pixels. Crops are numpy views; only the final resize touches the
-pixels (one batched bilinear, antialiased interpolation in torch), so a clip is never split into PIL images.
+pixels (one batched bilinear, antialiased uint8 interpolation in torch), so a clip is never split into PIL images.
 """
 from __future__ import annotations
 
@@ -61,9 +61,12 @@ def crop_resize(clip: np.ndarray, box: Box, size: int | tuple[int, int]) -> np.n
     crop = clip[:, top:top + h, left:left + w]
     if (h, w) == (out_h, out_w):
         return np.ascontiguousarray(crop)
-    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).float()
+    # uint8 in, uint8 out, channels-last (T x H x W x C memory seen as T x C x H x W): torch's vectorized
+    # uint8 kernel, ~15x faster than resizing in float (within 1 of the float result after rounding); on a
+    # decode actor this resize otherwise costs as much as decoding the window
+    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def hflip(clip: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sigma_ray.eval.features import Features
+from sigma_ray.data.config import DataConfig
+from sigma_ray.eval.features import Features, eval_batches, extract_features
 from sigma_ray.eval.metrics import topk_accuracy
 
 
@@ -59,3 +60,32 @@ def knn_eval(train: Features, val: Features, num_classes: int, ks: tuple[int, ..
     out["predictions"] = predictions
     out["targets"] = val.labels.tolist()
     return out
+
+
+class KnnProbe:
+    """``probe(encoder) -> {"knn_top1", "knn_top5"}``: kNN accuracy (percent) of the val split against the train
+    split's bank, both decoded in-process (no Ray) with single centred views. Picklable, so the trainer can run
+    it on its rank-0 worker every ``train.probe_every`` steps (the sweep's intermediate score).
+
+    The decoded clips are cached after the first call (the encoder changes between calls, the clips do not), so
+    later probes cost only the encoder's forward passes.
+    """
+
+    def __init__(self, data: DataConfig, num_classes: int, k: int = 20, temperature: float = 0.07):
+        self.data, self.num_classes, self.k, self.temperature = data, num_classes, k, temperature
+        self._batches: dict[str, list[dict]] = {}
+
+    def _split(self, split: str) -> list[dict]:
+        if split not in self._batches:
+            self._batches[split] = list(eval_batches(self.data, split))
+        return self._batches[split]
+
+    def __call__(self, encoder: torch.nn.Module) -> dict[str, float]:
+        device = next(encoder.parameters()).device
+        bank = extract_features(encoder, self._split("train"), device)
+        queries = extract_features(encoder, self._split("val"), device)
+        out = knn_eval(bank, queries, self.num_classes, (self.k,), self.temperature)
+        return {"knn_top1": out[f"knn{self.k}_top1"], "knn_top5": out[f"knn{self.k}_top5"]}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_batches": {}}  # ship the recipe, not decoded clips

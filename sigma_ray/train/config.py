@@ -58,6 +58,7 @@ class TrainConfig:
     max_steps: int | None = None
     steps_per_epoch: int | None = None
     seed: int = 0
+    probe_every: int | None = None        # steps between probes of the encoder (needs a probe; see pretrain)
     fail_at_step: int | None = None       # TEST HOOK: one worker raises once when this step starts
 
     def validate(self) -> None:
@@ -87,6 +88,8 @@ class TrainConfig:
         if self.steps_per_epoch is not None:
             check_range("steps_per_epoch", self.steps_per_epoch, 1)
         check_range("seed", self.seed, 0, 2**63 - 1)
+        if self.probe_every is not None:
+            check_range("probe_every", self.probe_every, 1)
         if self.fail_at_step is not None:
             check_range("fail_at_step", self.fail_at_step, 1)
 

@@ -167,8 +167,12 @@ def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
     return export_from(str(checkpoint))
 
 
-def pretrain(config: PretrainConfig, callbacks: list | None = None) -> PretrainResult:
+def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) -> PretrainResult:
     """Run (or resume) the pretraining run ``config`` on the current Ray cluster; returns where it ended.
+
+    ``callbacks`` go to Ray Train's RunConfig (the sweep passes Tune's report callback). ``probe``: an optional
+    picklable ``probe(encoder) -> dict[str, float]`` run by rank 0 every ``train.probe_every`` steps and at the
+    end; its metrics join that step's report.
 
     Raises ConfigError / PlacementError before any worker starts, NonFiniteLossError when the loss became
     non-finite (the last good checkpoint is kept), and Ray Train's TrainingFailedError when workers failed more
@@ -225,7 +229,8 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None) -> PretrainR
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run_dir": run_dir, "steps_per_epoch": spe,
-                           "total_steps": total, "cursor": cursor, "skip_stats": pipeline.stats_actor},
+                           "total_steps": total, "cursor": cursor, "skip_stats": pipeline.stats_actor,
+                           "probe": probe},
         scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                                resources_per_worker=tc.resources_per_worker()),
         run_config=ray.train.RunConfig(

@@ -2,7 +2,10 @@
 
 ``train_loop_per_worker(loop_config)`` with ``loop_config`` as built by :func:`sigma_ray.train.launch.pretrain`:
 ``config`` (the PretrainConfig as a dict), ``run_dir``, ``steps_per_epoch``, ``total_steps``, ``cursor`` (the
-:class:`~sigma_ray.train.dataset.DataCursor`) and ``skip_stats`` (the pipeline's SkipStatsActor).
+:class:`~sigma_ray.train.dataset.DataCursor`), ``skip_stats`` (the pipeline's SkipStatsActor) and an optional
+``probe``: a callable ``probe(encoder) -> dict[str, float]`` that rank 0 runs on the encoder (in eval mode, no
+grad) every ``train.probe_every`` steps and at the end, adding its metrics to that step's report (the sweep's
+kNN score, so Tune can stop weak trials early).
 
 Per step: ``accumulate_steps`` micro-batches from ``get_dataset_shard("train")`` through the core's
 ``forward_backward`` (DDP's ``no_sync`` on all but the last), then ``optimizer_step``. Sinkhorn all-reduces its
@@ -34,7 +37,7 @@ import torch.distributed as dist
 from sigma_ray.config import from_dict
 from sigma_ray.model.sigma import build_model
 from sigma_ray.step import forward_backward, metrics_to_floats, optimizer_step
-from sigma_ray.train.checkpoint import TrainState, checkpoint_dir_name, load_checkpoint, save_checkpoint
+from sigma_ray.train.checkpoint import TrainState, checkpoint_dir_name, load_checkpoint, save_checkpoint, unwrap
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.optim import build_optimizer, make_schedule
 
@@ -99,6 +102,18 @@ class _Progress:
             self.jsonl.close()
 
 
+def run_probe(probe, model: torch.nn.Module) -> dict[str, float]:
+    """``probe(encoder)`` with the encoder in eval mode and without gradients; the training mode is restored."""
+    encoder = unwrap(model).encoder
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            return {k: float(v) for k, v in probe(encoder).items()}
+    finally:
+        encoder.train(was_training)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     config = from_dict(PretrainConfig, loop_config["config"])
     # Ray Train logs every report's full metrics dict at INFO; the progress line says the same once.
@@ -145,6 +160,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     progress = _Progress(run_dir, total, enabled=rank == 0)
     skip_stats = loop_config.get("skip_stats")
+    probe = loop_config.get("probe")
     data_epochs: set[int] = set()
     sums: dict[str, torch.Tensor] = {}
     interval_steps, interval_wait = 0, 0.0
@@ -183,7 +199,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             step += 1
             interval_steps += 1
 
-            do_log = step % tc.log_every == 0 or step == total
+            do_probe = probe is not None and (step % (tc.probe_every or total) == 0 or step == total)
+            do_log = step % tc.log_every == 0 or step == total or do_probe
             do_save = step % tc.checkpoint_every == 0 or step == total
             if not (do_log or do_save):
                 continue
@@ -212,6 +229,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     (run_dir / NONFINITE_FILE).write_text(json.dumps({"step": bad_step}))
                 ray.train.report(metrics)
                 return
+            if do_probe and rank == 0:
+                metrics.update(run_probe(probe, model))
             eta = (time.perf_counter() - t_start) / max(step - start_step, 1) * (total - step)
             progress.write(step, metrics, eta)
             sums, interval_steps, interval_wait, t_interval = {}, 0, 0.0, time.perf_counter()
