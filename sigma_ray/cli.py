@@ -42,9 +42,44 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sigma_ray.demo import DemoConfig, run_demo
+
+    changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps)) if v is not None}
+    if args.quick:  # the smallest end-to-end run (tests, a first look): minutes become seconds
+        changes = {"num_classes": 4, "train_per_class": 4, "val_per_class": 2, "batch_size": 4, "steps": 4,
+                   "warmup_steps": 1, "probe_every": 2, "num_prototypes": 16, "linear_epochs": 5, **changes}
+    run_demo(dataclasses.replace(DemoConfig(), **changes))
+    return 0
+
+
+# Config-driven jobs: ``sigma-ray NAME ARGS`` is ``python experiments/SCRIPT ARGS``; each parses its own flags.
+JOBS = {
+    "pretrain": ("sigma_ray.train.cli", "SIGMA pretraining with Ray Train (experiments/pretrain.py)"),
+    "eval": ("sigma_ray.eval.cli", "kNN / linear probe / fine-tune evaluation (experiments/evaluate.py)"),
+    "sweep": ("sigma_ray.tune.cli", "Ray Tune + Optuna sweep (experiments/sweep_prototypes.py)"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in JOBS:
+        import importlib
+
+        return importlib.import_module(JOBS[argv[0]][0]).main(argv[1:], prog=f"sigma-ray {argv[0]}")
+
     parser = argparse.ArgumentParser(prog="sigma-ray", description="SIGMA video pretraining on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in JOBS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+
+    p = sub.add_parser("demo", help="the embedded demo: synthetic set, SIGMA vs pixels vs random, report.md")
+    p.add_argument("--out", default=None, help="output directory (default runs/demo)")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps per method (default 400)")
+    p.add_argument("--quick", action="store_true", help="the smallest end-to-end run (about a minute)")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("step-demo", help="one training step of the tiny model on a random clip (no Ray)")
     p.add_argument("--batch", type=int, default=2)

@@ -7,7 +7,7 @@ import torch
 from sigma_ray.config import ConfigError, from_dict
 from sigma_ray.masking import MaskGenerator
 from sigma_ray.model.projection import normalize_tubes, tube_pixels
-from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel
+from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel, build_model
 from sigma_ray.model.vit import ModelConfig, VideoMAE, count_parameters, gather_tokens, sincos_pos_embed_3d, \
     split_indices
 from sigma_ray.step import metrics_to_floats, normalize_clips, train_step
@@ -168,3 +168,13 @@ VIT_WIDTH = {"small": 384, "base": 768}
 def test_model_config_errors_name_the_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         from_dict(ModelConfig, bad)
+
+
+def test_sigma_and_pixel_models_start_from_the_same_encoder_under_one_seed():
+    """Equal-compute comparisons (the demo) need the same initial encoder for both objectives."""
+    cfg = ModelConfig(size="tiny", num_frames=8, img_size=64)
+    encoders = []
+    for kind in ("sigma_mlp", "videomae"):
+        torch.manual_seed(3)
+        encoders.append(build_model(cfg, ObjectiveConfig(kind=kind, num_prototypes=16)).encoder.state_dict())
+    assert all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])

@@ -61,12 +61,13 @@ class SigmaModel(nn.Module):
         if objective.kind == "sigma_dino":
             self.projection = TeacherProjection(objective.teacher_model, objective.teacher_checkpoint,
                                                 model.img_size, model.tubelet, model.patch)
-            dim = self.projection.out_dim
+            self.video = VideoMAE(model, self.projection.out_dim)
         else:
-            dim = objective.feature_dim
-            self.projection = PixelTubeMLP(model.tube_pixels, dim, tubelet=model.tubelet, patch=model.patch)
-        self.video = VideoMAE(model, dim)
-        self.prototypes = Prototypes(objective.num_prototypes, dim)
+            # The video model first: under one seed, SIGMA-MLP and the pixel baseline start from the same encoder.
+            self.video = VideoMAE(model, objective.feature_dim)
+            self.projection = PixelTubeMLP(model.tube_pixels, objective.feature_dim, tubelet=model.tubelet,
+                                           patch=model.patch)
+        self.prototypes = Prototypes(objective.num_prototypes, self.video.decoder.head.out_features)
         self.loss = SwappedPredictionLoss(objective.num_prototypes, objective.temperature, objective.sinkhorn_eps,
                                           objective.sinkhorn_iterations, objective.hard_codes, objective.gather)
 

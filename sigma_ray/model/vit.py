@@ -227,9 +227,12 @@ class VideoMAE(nn.Module):
     def __init__(self, config: ModelConfig, out_dim: int):
         super().__init__()
         self.config = config
+        # The encoder is built and initialized before the decoder exists, so its weights depend on the seed only,
+        # not on the decoder's output width (the same encoder for every objective under one seed).
         self.encoder = VideoEncoder(config)
+        self.encoder.apply(_init_weights)
         self.decoder = VideoDecoder(config, out_dim)
-        self.apply(_init_weights)
+        self.decoder.apply(_init_weights)
 
     def forward(self, clips: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
         grid = tuple(s // k for s, k in zip(clips.shape[2:], (self.config.tubelet, self.config.patch,

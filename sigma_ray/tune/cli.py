@@ -1,0 +1,65 @@
+"""``python experiments/sweep_prototypes.py`` / ``sigma-ray sweep``: a Ray Tune + Optuna sweep of SIGMA pretraining.
+
+    python experiments/sweep_prototypes.py --config experiments/configs/sweep_local.yaml
+    python experiments/sweep_prototypes.py --config experiments/configs/sweep_local.yaml --smoke
+    # on a cluster (the job's driver runs the sweep; trials' Train workers land on the GPU nodes)
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python experiments/sweep_prototypes.py --config experiments/configs/sweep_k400_vitb.yaml
+
+Running the same command again resumes an interrupted sweep (its directory is ``storage_path/name``).
+``--smoke``: 4 trials of 4 steps (2 probes), 2 at a time, named ``<name>_smoke`` (minutes with the local config).
+``--set section.field=value`` values are parsed as YAML. Exit status: 0 done, 2 configuration error, 1 the sweep
+failed or was interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from sigma_ray.config import run_config_command
+
+SMOKE_OVERRIDES = ("num_samples=4", "max_concurrent=2", "trial.steps=4", "trial.probe_every=2",
+                   "asha.grace_period=1", "asha.max_t=null")
+
+
+def build_parser(prog: str = "sweep_prototypes") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Hyper-parameter sweep of SIGMA pretraining "
+                                                       "(Ray Tune trials, Optuna TPE, ASHA early stopping)")
+    p.add_argument("--config", required=True, help="sweep YAML (experiments/configs/sweep_*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config field (repeatable); the value is parsed as YAML, "
+                        "e.g. --set pretrain.data.batch_size=2")
+    p.add_argument("--smoke", action="store_true", help="4 tiny trials (4 steps each) under <name>_smoke")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    from sigma_ray.config import load_config
+    from sigma_ray.tune.config import SweepConfig
+
+    # --set comes after the smoke settings, so it can still change them
+    overrides = [*(SMOKE_OVERRIDES if args.smoke else ()), *args.overrides]
+    config = load_config(SweepConfig, args.config, overrides)
+    if args.smoke:
+        config = dataclasses.replace(config, name=f"{config.name}_smoke")
+    config.validate()   # also checks that the base pretraining config loads, before Ray starts
+    return config
+
+
+def _sweep(config) -> int:
+    from sigma_ray.tune.sweep import run_sweep
+
+    return 0 if run_sweep(config).finished else 1
+
+
+def main(argv: list[str] | None = None, prog: str = "sweep_prototypes") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_config_command(lambda: config_from_args(args), _sweep, args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Run (or resume) a sweep: Ray Tune trials of short SIGMA pretraining runs, searched by Optuna, stopped by ASHA.
+
+Each trial is a function (:func:`run_trial`) that builds its :class:`PretrainConfig` from the base run and the
+sampled parameters and runs it with :func:`sigma_ray.train.launch.pretrain` (a Ray Train V2 ``TorchTrainer`` with
+its own workers; with Train V2 a ``Tuner(trainer)`` no longer works). The rank-0 worker runs the kNN probe every
+``trial.probe_every`` steps; :class:`ScoreReportCallback` forwards those reports to Tune, so every result Tune,
+ASHA and Optuna see carries the score ``knn_top1``, and ASHA (its time attribute is the optimizer step) can stop
+weak trials at its rungs.
+
+Resume: the sweep directory holds Tune's experiment state and the Optuna study (an RDB storage). Running the same
+sweep again calls ``Tuner.restore``: finished trials keep their results and never run again, trials cut off with
+the driver start over under the same name, so their pretraining run resumes from its last checkpoint (one per
+probe), and the searcher reloads the same study. Its TPE sampler is re-seeded with ``seed + trials in the study``:
+a sampler with the original seed would propose the first trials' configs again.
+
+Needs a Ray with the dashboard running (``run_sweep`` starts one when none runs): Train V2 frees a finished
+trial's worker placement group through it, and without it the next trial waits forever on a small machine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.optuna import OptunaSearch
+
+from sigma_ray.config import ConfigError, save_yaml, to_dict
+from sigma_ray.eval.knn import KnnProbe
+from sigma_ray.train.config import PretrainConfig
+from sigma_ray.train.launch import check_cluster, ensure_synthetic, pretrain, resolve_paths
+from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, FloatRange, SweepConfig, trial_pretrain_config
+from sigma_ray.tune.report import SweepReport, TrialRow, write_report
+
+log = logging.getLogger("sigma_ray.tune")
+
+TRIALS_DIR = "trials"               # each trial's pretraining run: <sweep dir>/trials/<trial id>
+SWEEP_FILE = "sweep_config.yaml"    # the config the sweep started with; a resume must match it
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: str
+    rows: list[TrialRow]               # ranked, best first
+    best_config_path: str | None
+    finished: bool                     # False: interrupted (run again to resume)
+    study_url: str
+    study_name: str
+    result_grid: Any                   # ray.tune.ResultGrid
+
+
+class ScoreReportCallback(TuneReportCallback):
+    """Forward to Tune only the Train reports that carry the score (the probe steps). The trainer reports every
+    ``log_every`` steps and at checkpoints too; Tune's searcher and scheduler need the score in every result."""
+
+    def __init__(self, metric: str = SCORE_METRIC):
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if metrics and self.metric in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def make_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """Multivariate TPE (models the parameters jointly: the prototype count and the temperature interact)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def optuna_space(config: SweepConfig) -> dict[str, optuna.distributions.BaseDistribution]:
+    space: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, rng in config.search.ranges().items():
+        cls = optuna.distributions.FloatDistribution if isinstance(rng, FloatRange) else \
+            optuna.distributions.IntDistribution
+        space[name] = cls(rng.low, rng.high, log=rng.log)
+    return space
+
+
+def study_trials(storage: optuna.storages.BaseStorage, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, or [] when it does not exist yet."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return []
+    return storage.get_all_trials(study_id, deepcopy=False)
+
+
+class SweepSearch(OptunaSearch):
+    """Ray's OptunaSearch on a persistent study, with three changes:
+
+    - intermediate scores are reported to Optuna at the optimizer step (not Tune's iteration count, which restarts
+      when a cut-off trial resumes);
+    - a trial ASHA stopped before ``total_steps`` is told PRUNED (its value: its last score), not COMPLETE, so TPE
+      does not take a short run's score as final;
+    - at the start and on restore (``Tuner.restore``) the sampler is re-seeded with ``seed + trials so far``, and
+      trials the study holds as running but Tune's state does not know (lost with a crashed driver) are marked
+      failed.
+    Each study trial records its Tune trial id in the user attribute ``tune_trial_id``.
+    """
+
+    def __init__(self, config: SweepConfig, total_steps: int):
+        self._base_seed = config.seed
+        self._total_steps = total_steps
+        super().__init__(optuna_space(config), metric=SCORE_METRIC, mode="max", sampler=make_sampler(config.seed),
+                         study_name=config.name, storage=optuna.storages.RDBStorage(config.study_url))
+        self._continue_study()
+
+    def _continue_study(self) -> None:
+        """Re-seed the sampler past the trials already in the study; fail running trials nobody owns."""
+        study = self._ot_study
+        study.sampler = make_sampler(self._base_seed + len(study.get_trials(deepcopy=False)))
+        fail_orphans(study, known={t.number for t in self._ot_trials.values()})
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(TUNE_ID_ATTR, trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or self.metric not in result:
+            return
+        self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped = (result is not None and not error and self.metric in result
+                   and int(result.get("step", self._total_steps)) < self._total_steps)
+        if stopped and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._continue_study()
+
+
+def fail_orphans(study: optuna.Study, known: set[int]) -> int:
+    """Mark the study's RUNNING trials whose numbers are not in ``known`` (no live Tune trial owns them: they were
+    lost with an earlier driver) as FAIL; returns how many."""
+    orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+               if t.number not in known]
+    for number in orphans:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    if orphans:
+        log.warning("marked study trial(s) %s, left running by an earlier driver, as failed", orphans)
+    return len(orphans)
+
+
+def run_trial(params: dict[str, Any], base: PretrainConfig, sweep: SweepConfig, probe: KnnProbe) -> None:
+    """One trial (runs in Tune's trial actor): the base run with ``params`` for ``sweep.trial.steps`` steps,
+    named by the Tune trial id, so a trial that starts over resumes its own pretraining run."""
+    trial_id = tune.get_context().get_trial_id()
+    config = trial_pretrain_config(base, params, sweep, name=trial_id,
+                                   storage_path=f"{sweep.sweep_dir}/{TRIALS_DIR}")
+    pretrain(config, callbacks=[ScoreReportCallback(SCORE_METRIC)], probe=probe)
+
+
+def trial_length(config: PretrainConfig, num_videos: int) -> int:
+    """Optimizer steps the pretraining run ``config`` makes on a train set of ``num_videos`` videos."""
+    tc = config.train
+    steps_per_epoch = num_videos // config.global_batch
+    if steps_per_epoch < 1:
+        raise ConfigError(f"the train set has {num_videos} videos, fewer than one global batch of "
+                          f"{config.global_batch} (data.batch_size x train.accumulate_steps x resources.num_workers)")
+    if tc.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
+    total = tc.epochs * steps_per_epoch
+    return total if tc.max_steps is None else min(total, tc.max_steps)
+
+
+class _StopAfterTrials(threading.Thread):
+    """TEST HOOK: interrupt the driver once ``n`` more trials have finished in the study, as Ctrl+C would (Tune
+    handles SIGUSR1 like SIGINT: it saves the experiment state and returns; trials still running are cut off)."""
+
+    def __init__(self, study_url: str, study_name: str, n: int):
+        super().__init__(daemon=True, name="sweep-stop-after-trials")
+        self.storage = optuna.storages.RDBStorage(study_url)
+        self.study_name, self.n = study_name, n
+        self.start_count = self.finished()
+        self.done = threading.Event()
+        self.fired = False
+
+    def finished(self) -> int:
+        return sum(t.state in FINISHED for t in study_trials(self.storage, self.study_name))
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            if self.finished() - self.start_count >= self.n:
+                self.fired = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+
+
+def _check_resume(config: SweepConfig) -> None:
+    """A sweep directory holds one sweep: refuse to resume it with a different search, budget or schedule."""
+    path = Path(config.sweep_dir) / SWEEP_FILE
+    if "://" in config.sweep_dir or not path.is_file():
+        return
+    from sigma_ray.config import load_yaml
+
+    saved, now = load_yaml(path), to_dict(config)
+    keys = ("search", "num_samples", "trial", "asha", "seed", "pretrain_config", "pretrain", "overrides")
+    changed = [k for k in keys if saved.get(k) != now.get(k)]
+    if changed:
+        raise ConfigError(f"{config.sweep_dir} holds a sweep started with other {', '.join(changed)}: resuming "
+                          "would mix two searches; give the new sweep another name")
+
+
+def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, int]:
+    """Driver-side work before Ray: the resolved base run (synthetic set written once, here, not by concurrent
+    trials), the trial length in steps and the number of classes for the probe."""
+    from sigma_ray.data.annotations import load_split
+
+    _check_resume(config)
+    base = resolve_paths(config.base_pretrain())
+    ensure_synthetic(base)
+    probe_trial = trial_pretrain_config(base, {}, config, name="probe", storage_path=base.storage_path)
+    train = load_split(probe_trial.data, "train")
+    num_classes = config.probe.num_classes or base.data.num_classes
+    if num_classes is None:
+        labels = [r.label for r in train] + [r.label for r in load_split(probe_trial.data, "val")]
+        num_classes = max(labels) + 1
+    return base, trial_length(probe_trial, len(train)), num_classes
+
+
+def run_sweep(config: SweepConfig, stop_after_trials: int | None = None) -> SweepResult:
+    """Run the sweep ``config``, or resume it when its directory holds an interrupted one; write the report.
+
+    ``stop_after_trials`` is a TEST HOOK: interrupt the driver (as Ctrl+C would) once that many trials finished
+    in this call; needs the main thread. Raises ConfigError before Ray starts for a config that cannot run.
+    """
+    if stop_after_trials is not None and threading.current_thread() is not threading.main_thread():
+        raise ValueError("stop_after_trials needs the main thread (Tune's signal handler lives there)")
+    config.validate()
+    base, total_steps, num_classes = prepare(config)
+    sweep_dir = config.sweep_dir
+    if "://" not in sweep_dir:
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        if not (Path(sweep_dir) / SWEEP_FILE).is_file():
+            save_yaml(config, Path(sweep_dir) / SWEEP_FILE)
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=True)   # Train V2 frees finished trials' placement groups through it
+    one_trial = trial_pretrain_config(base, {}, config, name="check", storage_path=base.storage_path)
+    check_cluster(one_trial)               # a trial that cannot be placed fails here, before any trial starts
+
+    probe = KnnProbe(base.data, num_classes, k=config.probe.k, temperature=config.probe.temperature)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base, sweep=config, probe=probe),
+        tune.PlacementGroupFactory([{"CPU": config.resources.driver_cpus, **config.resources.driver_resources}]))
+    if tune.Tuner.can_restore(sweep_dir):
+        log.info("resuming the sweep in %s", sweep_dir)
+        tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(trainable, tune_config=_tune_config(config, total_steps), run_config=_run_config(config))
+
+    stopper = None
+    if stop_after_trials is not None:
+        stopper = _StopAfterTrials(config.study_url, config.name, stop_after_trials)
+        stopper.start()
+    try:
+        grid = tuner.fit()
+    finally:
+        if stopper is not None:
+            stopper.done.set()
+            stopper.join()
+
+    finished = len(grid) >= config.num_samples and grid.num_terminated + grid.num_errors == len(grid)
+    report = SweepReport(config, base, total_steps, finished)
+    best_path = write_report(report)
+    return SweepResult(sweep_dir, report.rows, best_path, finished, config.study_url, config.name, grid)
+
+
+def _tune_config(config: SweepConfig, total_steps: int) -> tune.TuneConfig:
+    from ray.tune.schedulers import ASHAScheduler
+
+    grace, max_t = config.rung_steps
+    scheduler = ASHAScheduler(time_attr="step", metric=SCORE_METRIC, mode="max", grace_period=grace,
+                              max_t=max(max_t, grace), reduction_factor=config.asha.reduction_factor,
+                              stop_last_trials=False)   # trials end at trial.steps by themselves
+    return tune.TuneConfig(search_alg=SweepSearch(config, total_steps), scheduler=scheduler,
+                           num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent)
+
+
+def _run_config(config: SweepConfig) -> tune.RunConfig:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    storage = config.storage_path if "://" in config.storage_path else str(Path(config.sweep_dir).parent)
+    return tune.RunConfig(name=config.name, storage_path=storage, verbose=1,
+                          callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TBXLoggerCallback()])

@@ -1,0 +1,121 @@
+"""The job path: a real local head with the dashboard, `ray job submit` and JobSubmissionClient, /api/jobs/.
+
+The head runs as `ray start --head --block` in a subprocess, so stopping it stops only this cluster (`ray stop`
+would kill every Ray on the machine, including the test session's).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A local head on 127.0.0.1 (token auth off, as Ray allows only there) with the dashboard; yields its URL."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the jobs' python
+    temp_dir = tmp_path_factory.mktemp("ray_head")
+    proc = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"the local head did not start (exit {proc.poll()})")
+            time.sleep(1)
+    yield {"url": url, "env": env}
+    proc.terminate()  # --block: the head takes down the processes it started
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def job_args(synthetic: dict, storage: Path, name: str) -> list[str]:
+    sets = [f"data.root={synthetic['root']}", f"data.train_list={synthetic['train']}",
+            f"data.val_list={synthetic['val']}", "synthetic=false", "train.max_steps=4", "train.log_every=2",
+            "train.checkpoint_every=2", "data.batch_size=2", "objective.num_prototypes=16",
+            "data.actor_num_cpus=0.25", "train.cpus_per_worker=0.25"]
+    args = ["python", "experiments/pretrain.py", "--config", "experiments/configs/local_tiny.yaml",
+            "--name", name, "--storage-path", str(storage)]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def check_run(run_dir: Path) -> None:
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == ["checkpoint_00000002", "checkpoint_00000004"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "encoder.pt").is_file() and (run_dir / "config.yaml").is_file()
+
+
+def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_synthetic, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    # 1. `ray job submit`, exactly as the README says (it waits for the job and streams its logs)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_bin, "job", "submit", "--address", head["url"], "--working-dir", str(ROOT),
+           "--submission-id", "cli-job", "--"] + job_args(tiny_synthetic, tmp_path, "via_cli")
+    out = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "succeeded" in out.stdout.lower()
+    assert "[sigma-ray] run via_cli: 4/4 steps" in out.stdout
+    check_run(tmp_path / "via_cli")
+
+    # 2. the Python client
+    client = JobSubmissionClient(head["url"])
+    job_id = client.submit_job(entrypoint=" ".join(job_args(tiny_synthetic, tmp_path, "via_client")),
+                               runtime_env={"working_dir": str(ROOT)}, submission_id="client-job")
+    deadline = time.time() + 600
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                             JobStatus.STOPPED}:
+        assert time.time() < deadline, "the job did not finish in 10 minutes"
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "[sigma-ray] run via_client: 4/4 steps" in logs
+    check_run(tmp_path / "via_client")
+
+    # 3. the dashboard's REST endpoint lists both jobs as succeeded
+    with urllib.request.urlopen(f"{head['url']}/api/jobs/", timeout=10) as r:
+        jobs = {j["submission_id"]: j for j in json.load(r)}
+    assert jobs["cli-job"]["status"] == jobs["client-job"]["status"] == "SUCCEEDED"
+    assert "experiments/pretrain.py" in jobs["client-job"]["entrypoint"]
+
+
+def test_a_bad_config_fails_the_job_with_the_field_name(head, tmp_path):
+    """A config error exits 2 with the field's name before any worker starts; the job is FAILED."""
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head["url"], "--working-dir", str(ROOT), "--",
+           "python", "experiments/pretrain.py", "--config", "experiments/configs/local_tiny.yaml",
+           "--set", "data.mask.ratio=1.5", "--storage-path", str(tmp_path)]
+    out = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "ratio" in out.stdout and "failed" in out.stdout.lower()
+    assert not list(tmp_path.iterdir())
