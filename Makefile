@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sigma_ray.cli step-demo
+	$(PY) -m sigma_ray.cli demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

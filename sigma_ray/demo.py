@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sigma_ray.config import check_range, from_dict
+from sigma_ray.config import ConfigError, check_range, from_dict
 from sigma_ray.data.config import DataConfig
 from sigma_ray.eval.features import Features, eval_batches, extract_features
 from sigma_ray.eval.knn import KnnProbe, knn_eval
@@ -74,7 +74,8 @@ class DemoConfig:
         check_range("probe_every", self.probe_every, 1)
         check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, lo_open=True, hi_open=True)
         if self.num_classes * self.train_per_class < self.batch_size:
-            raise ValueError("train_per_class x num_classes must hold at least one batch")
+            raise ConfigError(f"train_per_class x num_classes = {self.num_classes * self.train_per_class} must "
+                              f"hold at least one batch of batch_size = {self.batch_size}")
 
 
 def pretrain_config(demo: DemoConfig, kind: str) -> PretrainConfig:
@@ -217,7 +218,7 @@ def plot_strip(model, data: DataConfig, out: Path, seed: int) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sigma_ray.masking import MaskConfig, MaskGenerator
+    from sigma_ray.masking import MaskGenerator
 
     batch = next(iter(eval_batches(dataclasses.replace(data, batch_size=1), "val")))
     clip = batch["clips"][0]

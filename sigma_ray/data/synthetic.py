@@ -18,19 +18,24 @@ import numpy as np
 
 CLASSES = ("left", "right", "up", "down", "clockwise", "counterclockwise", "approach", "recede",
            "fast_left", "fast_right")
-SPEED = 1.5                       # pixels per frame at size 64 (scaled with the frame size)
+SPEED = 2.0                       # pixels per frame at size 64 (scaled with the frame size)
 FAST = 2.5                        # speed factor of the fast classes
 TURN = 2 * math.pi / 32           # radians per frame
 SCALE_RANGE = (0.6, 1.5)          # object size factors, uniform in log scale
 SCALE_PERIOD = 16                 # frames per approach/recede cycle
 
 
+BACKGROUND_CONTRAST = 48          # coarse background colours lie within 128 +- this (the object uses 0..255)
+OBJECT_RADIUS = 0.22              # half the object's side, as a fraction of the frame size
+
+
 def _smooth_texture(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Float (size, size, 3) in [0, 255]: coarse random colours upsampled, plus fine grain."""
-    coarse = rng.uniform(0, 255, (cells, cells, 3))
+    """Float (size, size, 3): coarse random colours upsampled, plus fine grain. Low contrast, so the moving
+    object (full contrast), not the static background, is what a model has to explain."""
+    coarse = rng.uniform(128 - BACKGROUND_CONTRAST, 128 + BACKGROUND_CONTRAST, (cells, cells, 3))
     idx = np.arange(size) * cells // size
     tex = coarse[idx][:, idx]
-    return np.clip(tex + rng.normal(0, 20, tex.shape), 0, 255)
+    return np.clip(tex + rng.normal(0, 6, tex.shape), 0, 255)
 
 
 def _object(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +95,7 @@ def synth_frames(cls: int, frames: int, size: int, rng: np.random.Generator, bg,
         elif name in ("approach", "recede"):
             step = t / SCALE_PERIOD if name == "approach" else -t / SCALE_PERIOD
             ls = lo + (hi - lo) * ((phase + step) % 1.0)
-        out.append(_render(bg, tex, shape, x, y, a, math.exp(ls), radius=size * 0.18))
+        out.append(_render(bg, tex, shape, x, y, a, math.exp(ls), radius=size * OBJECT_RADIUS))
     return np.stack(out)
 
 
