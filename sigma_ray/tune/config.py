@@ -29,18 +29,6 @@ def _check_interval(low: float, high: float, log: bool) -> None:
 
 
 @dataclass(frozen=True)
-class IntRange:
-    """Integers in ``[low, high]`` (both included), uniform or uniform in log scale."""
-
-    low: int
-    high: int
-    log: bool = False
-
-    def validate(self) -> None:
-        _check_interval(self.low, self.high, self.log)
-
-
-@dataclass(frozen=True)
 class FloatRange:
     """Reals in ``[low, high]``, uniform or uniform in log scale."""
 
@@ -50,6 +38,14 @@ class FloatRange:
 
     def validate(self) -> None:
         _check_interval(self.low, self.high, self.log)
+
+
+@dataclass(frozen=True)
+class IntRange(FloatRange):
+    """Integers in ``[low, high]`` (both included), uniform or uniform in log scale."""
+
+    low: int
+    high: int
 
 
 # Where each searchable parameter goes in the PretrainConfig, and the smallest value that field accepts
@@ -154,16 +150,24 @@ class TrialResources:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """The trial's score: weighted kNN top-1 accuracy (percent) of the val split against the train split.
-    ``num_classes`` None: ``data.num_classes``, else the largest label in the lists + 1."""
+    """The trial's score: weighted kNN top-1 accuracy (percent) of the val split against the train split as the
+    bank. ``train_per_class`` / ``val_per_class`` take the first that many videos of each class from the lists
+    (written to ``<sweep dir>/probe/``): the probe decodes its clips once per trial and keeps them in memory, so
+    the full K400 train list is out of reach. ``num_classes`` None: ``data.num_classes``, else the largest label
+    in the lists + 1."""
 
     k: int = 20
     temperature: float = 0.07
+    train_per_class: int | None = None
+    val_per_class: int | None = None
     num_classes: int | None = None
 
     def validate(self) -> None:
         check_range("k", self.k, 1)
         check_range("temperature", self.temperature, 0.0, lo_open=True)
+        for name in ("train_per_class", "val_per_class"):
+            if getattr(self, name) is not None:
+                check_range(name, getattr(self, name), 1)
         if self.num_classes is not None:
             check_range("num_classes", self.num_classes, 2)
 
@@ -203,6 +207,9 @@ class SweepConfig:
         if "://" in self.storage_path and self.study_storage is None:
             raise ConfigError(f"storage_path = {self.storage_path!r} is a URI: set study_storage to a SQLAlchemy "
                               "URL (the default SQLite file needs a local directory)")
+        if "://" in self.storage_path and (self.probe.train_per_class or self.probe.val_per_class):
+            raise ConfigError(f"probe.train_per_class / val_per_class write list files into the sweep directory, "
+                              f"and storage_path = {self.storage_path!r} is a URI: use a shared file system path")
         check_range("num_samples", self.num_samples, 1)
         check_range("max_concurrent", self.max_concurrent, 1)
         check_range("seed", self.seed, 0, 2**31 - 1)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import optuna
 import yaml
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from sigma_ray.config import to_dict
 from sigma_ray.train.config import PretrainConfig
@@ -147,11 +148,14 @@ def importances(study: optuna.Study, rows: list[TrialRow], params: list[str]) ->
     score over every scored trial (early-stopped ones at their last score); ({}, reason) with under 3."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) >= MIN_TRIALS_FOR_PED_ANOVA:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            values = optuna.importance.get_param_importances(study, params=params)
-        if not any("too small" in str(w.message) for w in caught):
-            return dict(values), f"Optuna importance (PED-ANOVA), {len(complete)} complete trials"
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                values = optuna.importance.get_param_importances(study, params=params)
+            if not any("too small" in str(w.message) for w in caught):
+                return dict(values), f"Optuna importance (PED-ANOVA), {len(complete)} complete trials"
+        except (ValueError, RuntimeError):   # e.g. a parameter missing from some trials: use the fallback
+            pass
     scored = [r for r in rows if r.score is not None and all(p in r.params for p in params)]
     if len(scored) < 3:
         return {}, f"{len(scored)} scored trial(s): too few for importances"
@@ -195,11 +199,14 @@ def plot_history(rows: list[TrialRow], path: Path) -> Path:
             ax.scatter(*zip(*pts), c=color, marker=marker, label=state, zorder=3)
     complete = sorted((r.number, r.score) for r in rows if r.state == "complete" and r.score is not None)
     if complete:
-        best = np.maximum.accumulate([s for _, s in complete])
-        ax.step([n for n, _ in complete], best, where="post", color="tab:red", label="best so far")
+        best = list(np.maximum.accumulate([s for _, s in complete]))
+        last = max(r.number for r in rows)   # carry the line to the last trial
+        ax.step([n for n, _ in complete] + [last], best + best[-1:], where="post", color="tab:red",
+                label="best complete so far")
     failed = [r.number for r in rows if r.state == "failed"]
     if failed:
         ax.scatter(failed, [0.0] * len(failed), c="black", marker="x", label="failed", zorder=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
     ax.set_ylabel(f"{SCORE_METRIC} (%)")
     ax.set_title("optimization history")
@@ -220,7 +227,7 @@ def plot_importances(values: dict[str, float], method: str, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, method, ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-    ax.set_title(f"parameter importances\n{method}", fontsize=9)
+    ax.set_title("parameter importances\n" + method.replace(", ", "\n", 1), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
@@ -241,6 +248,11 @@ def plot_params(rows: list[TrialRow], config: SweepConfig, path: Path) -> Path:
                 ax.scatter(*zip(*pts), c=color, marker=marker, label=state)
         if rng.log:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())   # log minor labels crowd a short range
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=isinstance(rng.low, int)))
         ax.set_xlim(rng.low, rng.high)
         ax.set_xlabel(name)
         ax.set_ylabel(f"{SCORE_METRIC} (%)")

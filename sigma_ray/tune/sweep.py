@@ -18,6 +18,7 @@ trial's worker placement group through it, and without it the next trial waits f
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -31,13 +32,14 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sigma_ray.config import ConfigError, save_yaml, to_dict
 from sigma_ray.eval.knn import KnnProbe
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.launch import check_cluster, ensure_synthetic, pretrain, resolve_paths
-from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, FloatRange, SweepConfig, trial_pretrain_config
+from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, IntRange, SweepConfig, trial_pretrain_config
 from sigma_ray.tune.report import SweepReport, TrialRow, write_report
 
 log = logging.getLogger("sigma_ray.tune")
@@ -81,8 +83,8 @@ def make_sampler(seed: int) -> optuna.samplers.TPESampler:
 def optuna_space(config: SweepConfig) -> dict[str, optuna.distributions.BaseDistribution]:
     space: dict[str, optuna.distributions.BaseDistribution] = {}
     for name, rng in config.search.ranges().items():
-        cls = optuna.distributions.FloatDistribution if isinstance(rng, FloatRange) else \
-            optuna.distributions.IntDistribution
+        cls = optuna.distributions.IntDistribution if isinstance(rng, IntRange) else \
+            optuna.distributions.FloatDistribution
         space[name] = cls(rng.low, rng.high, log=rng.log)
     return space
 
@@ -112,6 +114,7 @@ class SweepSearch(OptunaSearch):
     def __init__(self, config: SweepConfig, total_steps: int):
         self._base_seed = config.seed
         self._total_steps = total_steps
+        self._reported_steps: dict[str, set[int]] = {}
         super().__init__(optuna_space(config), metric=SCORE_METRIC, mode="max", sampler=make_sampler(config.seed),
                          study_name=config.name, storage=optuna.storages.RDBStorage(config.study_url))
         self._continue_study()
@@ -128,17 +131,24 @@ class SweepSearch(OptunaSearch):
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self.metric not in result:
-            return
-        self._ot_trials[trial_id].report(float(result[self.metric]), int(result["step"]))
+        if trial_id not in self._completed_trials and self.metric in result:
+            self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The result's score as the Optuna trial's intermediate value at its step (once per step)."""
+        step = int(result["step"])
+        if step not in self._reported_steps.setdefault(trial_id, set()):
+            self._ot_trials[trial_id].report(float(result[self.metric]), step)
+            self._reported_steps[trial_id].add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped = (result is not None and not error and self.metric in result
-                   and int(result.get("step", self._total_steps)) < self._total_steps)
-        if stopped and trial_id not in self._completed_trials:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
+        if trial_id not in self._completed_trials and result is not None and not error and self.metric in result:
+            # Tune hands a result that ends a trial (an ASHA stop) to on_trial_complete only: record it first
+            self._report(trial_id, result)
+            if int(result["step"]) < self._total_steps:
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
         super().on_trial_complete(trial_id, result, error)
 
     def restore(self, checkpoint_path: str) -> None:
@@ -218,21 +228,47 @@ def _check_resume(config: SweepConfig) -> None:
                           "would mix two searches; give the new sweep another name")
 
 
-def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, int]:
-    """Driver-side work before Ray: the resolved base run (synthetic set written once, here, not by concurrent
-    trials), the trial length in steps and the number of classes for the probe."""
+def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, KnnProbe]:
+    """Driver-side work before Ray: the resolved base run (the synthetic set is written once, here, not by
+    concurrent trials), a full trial's length in steps, and the trials' kNN probe."""
     from sigma_ray.data.annotations import load_split
 
     _check_resume(config)
     base = resolve_paths(config.base_pretrain())
     ensure_synthetic(base)
-    probe_trial = trial_pretrain_config(base, {}, config, name="probe", storage_path=base.storage_path)
-    train = load_split(probe_trial.data, "train")
-    num_classes = config.probe.num_classes or base.data.num_classes
-    if num_classes is None:
-        labels = [r.label for r in train] + [r.label for r in load_split(probe_trial.data, "val")]
-        num_classes = max(labels) + 1
-    return base, trial_length(probe_trial, len(train)), num_classes
+    one_trial = trial_pretrain_config(base, {}, config, name="check", storage_path=base.storage_path)
+    train, val = load_split(base.data, "train"), load_split(base.data, "val")
+    num_classes = config.probe.num_classes or base.data.num_classes or max(r.label for r in train + val) + 1
+    pc = config.probe
+    data = base.data
+    if pc.train_per_class or pc.val_per_class:
+        folder = Path(config.sweep_dir) / "probe"
+        data = dataclasses.replace(
+            data, root=None,
+            train_list=write_list(first_per_class(train, pc.train_per_class), folder / "train.csv"),
+            val_list=write_list(first_per_class(val, pc.val_per_class), folder / "val.csv"))
+    probe = KnnProbe(data, num_classes, k=pc.k, temperature=pc.temperature)
+    return base, trial_length(one_trial, len(train)), probe
+
+
+def first_per_class(records: list, per_class: int | None) -> list:
+    """The first ``per_class`` records of each label, in list order (all of them for None)."""
+    if per_class is None:
+        return records
+    taken: dict[int, int] = {}
+    out = []
+    for r in records:
+        if taken.get(r.label, 0) < per_class:
+            taken[r.label] = taken.get(r.label, 0) + 1
+            out.append(r)
+    return out
+
+
+def write_list(records: list, path: Path) -> str:
+    """A VideoMAE list (``path label`` per line, absolute paths) of ``records``; returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{os.path.abspath(r.path)} {r.label}\n" for r in records))
+    return str(path)
 
 
 def run_sweep(config: SweepConfig, stop_after_trials: int | None = None) -> SweepResult:
@@ -244,19 +280,16 @@ def run_sweep(config: SweepConfig, stop_after_trials: int | None = None) -> Swee
     if stop_after_trials is not None and threading.current_thread() is not threading.main_thread():
         raise ValueError("stop_after_trials needs the main thread (Tune's signal handler lives there)")
     config.validate()
-    base, total_steps, num_classes = prepare(config)
+    base, total_steps, probe = prepare(config)
     sweep_dir = config.sweep_dir
-    if "://" not in sweep_dir:
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        if not (Path(sweep_dir) / SWEEP_FILE).is_file():
-            save_yaml(config, Path(sweep_dir) / SWEEP_FILE)
+    if "://" not in sweep_dir and not (Path(sweep_dir) / SWEEP_FILE).is_file():
+        save_yaml(config, Path(sweep_dir) / SWEEP_FILE)
 
     if not ray.is_initialized():
         ray.init(include_dashboard=True)   # Train V2 frees finished trials' placement groups through it
     one_trial = trial_pretrain_config(base, {}, config, name="check", storage_path=base.storage_path)
     check_cluster(one_trial)               # a trial that cannot be placed fails here, before any trial starts
 
-    probe = KnnProbe(base.data, num_classes, k=config.probe.k, temperature=config.probe.temperature)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, sweep=config, probe=probe),
         tune.PlacementGroupFactory([{"CPU": config.resources.driver_cpus, **config.resources.driver_resources}]))
@@ -277,19 +310,38 @@ def run_sweep(config: SweepConfig, stop_after_trials: int | None = None) -> Swee
             stopper.done.set()
             stopper.join()
 
-    finished = len(grid) >= config.num_samples and grid.num_terminated + grid.num_errors == len(grid)
+    study = optuna.load_study(study_name=config.name, storage=config.study_url)
+    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) >= config.num_samples
     report = SweepReport(config, base, total_steps, finished)
     best_path = write_report(report)
     return SweepResult(sweep_dir, report.rows, best_path, finished, config.study_url, config.name, grid)
 
 
-def _tune_config(config: SweepConfig, total_steps: int) -> tune.TuneConfig:
-    from ray.tune.schedulers import ASHAScheduler
+class SweepASHA(ASHAScheduler):
+    """ASHA on the optimizer step whose rungs, when a sweep resumes, hold the scores the earlier driver's trials
+    had there: ``Tuner.restore`` brings the scheduler back as it was created, with empty rungs, so without this
+    the trials after a resume would only be compared with each other. The scores come from the study."""
 
+    def __init__(self, study_url: str, study_name: str, **kwargs: Any):
+        super().__init__(time_attr="step", metric=SCORE_METRIC, mode="max", **kwargs)
+        self._study_url, self._study_name = study_url, study_name
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        study = optuna.load_study(study_name=self._study_name, storage=self._study_url)
+        scores = next((t.intermediate_values for t in study.get_trials(deepcopy=False)
+                       if t.user_attrs.get(TUNE_ID_ATTR) == trial.trial_id), {})
+        bracket = self._trial_info[trial.trial_id]   # ASHA's bookkeeping of this trial's bracket
+        for step, score in sorted(scores.items()):
+            bracket.on_result(trial, step, self._metric_op * score)   # records; a decision was taken back then
+
+
+def _tune_config(config: SweepConfig, total_steps: int) -> tune.TuneConfig:
     grace, max_t = config.rung_steps
-    scheduler = ASHAScheduler(time_attr="step", metric=SCORE_METRIC, mode="max", grace_period=grace,
-                              max_t=max(max_t, grace), reduction_factor=config.asha.reduction_factor,
-                              stop_last_trials=False)   # trials end at trial.steps by themselves
+    max_t = max(min(max_t, total_steps - 1), grace)   # no rung at a trial's last step: it ends there anyway
+    scheduler = SweepASHA(config.study_url, config.name, grace_period=grace, max_t=max_t,
+                          reduction_factor=config.asha.reduction_factor,
+                          stop_last_trials=False)   # trials end at trial.steps by themselves
     return tune.TuneConfig(search_alg=SweepSearch(config, total_steps), scheduler=scheduler,
                            num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent)
 

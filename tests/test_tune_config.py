@@ -1,0 +1,117 @@
+"""Sweep configuration: defaults, search-space validation with the field's name, all before Ray starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sigma_ray.config import ConfigError, from_dict, load_config
+from sigma_ray.tune.cli import main
+from sigma_ray.tune.config import PARAM_FIELDS, SearchSpace, SweepConfig, apply_params, trial_pretrain_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "experiments" / "configs"
+TINY = str(CONFIGS / "local_tiny.yaml")
+
+
+def sweep(**changes) -> SweepConfig:
+    return from_dict(SweepConfig, {"pretrain_config": TINY, **changes})
+
+
+def test_default_search_space_is_the_issue_s():
+    ranges = SearchSpace().ranges()
+    assert list(ranges) == ["num_prototypes", "temperature", "sinkhorn_iterations"]
+    assert (ranges["num_prototypes"].low, ranges["num_prototypes"].high, ranges["num_prototypes"].log) == \
+        (64, 4096, True)
+    assert (ranges["temperature"].low, ranges["temperature"].high, ranges["temperature"].log) == (0.03, 0.3, True)
+    assert (ranges["sinkhorn_iterations"].low, ranges["sinkhorn_iterations"].high) == (1, 10)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", {"low": 0.3, "high": 0.03, "log": True}, "search.temperature.low = 0.3 must be < high = 0.03"),
+    ("num_prototypes", {"low": 256, "high": 256}, "search.num_prototypes.low = 256 must be < high = 256"),
+    ("sinkhorn_iterations", {"low": 0, "high": 5}, "search.sinkhorn_iterations.low = 0 is outside"),
+    ("sinkhorn_eps", {"low": 0.0, "high": 0.1, "log": True}, "search.sinkhorn_eps.low = 0.0 must be > 0"),
+    ("lr", {"low": 1e-3, "high": 1e-4, "log": True}, "search.lr.low = 0.001 must be < high = 0.0001"),
+    ("num_prototypes", {"low": 64.5, "high": 128}, "search.num_prototypes.low must be an integer"),
+])
+def test_an_empty_or_inverted_range_fails_with_the_field_name(field, value, message):
+    with pytest.raises(ConfigError) as e:
+        sweep(search={field: value})
+    assert message in str(e.value)
+
+
+def test_the_cli_rejects_a_bad_range_before_ray_starts(capsys):
+    import ray
+
+    was = ray.is_initialized()
+    status = main(["--config", str(CONFIGS / "sweep_local.yaml"), "--set", "search.temperature.low=0.3",
+                   "--set", "search.temperature.high=0.03"])
+    assert status == 2
+    assert "search.temperature.low = 0.3 must be < high = 0.03" in capsys.readouterr().err
+    assert ray.is_initialized() == was   # the error came before any Ray work
+
+
+def test_other_sweep_fields_are_checked_with_their_names():
+    with pytest.raises(ConfigError, match="trial.probe_every = 50 is outside"):
+        sweep(trial={"steps": 20, "probe_every": 50})
+    with pytest.raises(ConfigError, match="asha.max_t = 9 is outside"):
+        sweep(trial={"steps": 20, "probe_every": 5}, asha={"max_t": 9})
+    with pytest.raises(ConfigError, match="unknown key bogus in search"):
+        sweep(search={"bogus": {"low": 1, "high": 2}})
+    with pytest.raises(ConfigError, match="the search space is empty"):
+        sweep(search={"num_prototypes": None, "temperature": None, "sinkhorn_iterations": None})
+    with pytest.raises(ConfigError, match=r"pretrain \(.*local_tiny.yaml\): objective.temperature"):
+        sweep(pretrain={"objective": {"temperature": -1.0}})
+    with pytest.raises(ConfigError, match="set study_storage"):
+        sweep(storage_path="s3://bucket/sweeps")
+
+
+def test_shipped_sweep_configs_load():
+    local = load_config(SweepConfig, CONFIGS / "sweep_local.yaml")
+    assert local.base_pretrain().data.actor_num_cpus == 0.25
+    cluster = load_config(SweepConfig, CONFIGS / "sweep_k400_vitb.yaml")
+    assert set(cluster.search.ranges()) == set(PARAM_FIELDS)
+    assert cluster.resources.gpus_per_worker == 1
+
+
+def test_a_trial_config_carries_the_params_steps_and_resources(tmp_path):
+    cfg = sweep(trial={"steps": 12, "probe_every": 4},
+                resources={"num_workers": 2, "cpus_per_worker": 0.25, "gpus_per_worker": 0.5},
+                search={"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    params = {"num_prototypes": 100, "temperature": 0.05, "sinkhorn_iterations": 3, "lr": 0.002}
+    trial = trial_pretrain_config(cfg.base_pretrain(), params, cfg, name="t1", storage_path=str(tmp_path))
+    assert (trial.name, trial.storage_path) == ("t1", str(tmp_path))
+    assert (trial.objective.num_prototypes, trial.objective.temperature, trial.objective.sinkhorn_iterations) == \
+        (100, 0.05, 3)
+    assert trial.train.base_lr == 0.002
+    assert (trial.train.max_steps, trial.train.probe_every, trial.train.checkpoint_every) == (12, 4, 4)
+    assert (trial.train.num_workers, trial.train.use_gpu, trial.train.gpus_per_worker) == (2, True, 0.5)
+    with pytest.raises(ConfigError, match="unknown search parameter 'bogus'"):
+        apply_params(cfg.base_pretrain(), {"bogus": 1})
+
+
+def test_smoke_mode_makes_four_tiny_trials_under_their_own_name(capsys):
+    assert main(["--config", str(CONFIGS / "sweep_local.yaml"), "--smoke", "--dry-run"]) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["name"] == "sweep_local_smoke"
+    assert printed["num_samples"] == 4
+    assert printed["trial"] == {"steps": 4, "probe_every": 2}
+
+
+def test_resuming_a_sweep_directory_with_another_search_fails_before_ray(tmp_path):
+    import ray
+
+    from sigma_ray.config import save_yaml
+    from sigma_ray.tune.sweep import SWEEP_FILE, run_sweep
+
+    started = sweep(storage_path=str(tmp_path), num_samples=4)
+    save_yaml(started, tmp_path / started.name / SWEEP_FILE)   # what the first run of the sweep wrote
+    was = ray.is_initialized()
+    changed = sweep(storage_path=str(tmp_path), num_samples=8,
+                    search={"temperature": {"low": 0.05, "high": 0.2, "log": True}})
+    with pytest.raises(ConfigError, match="started with other search, num_samples"):
+        run_sweep(changed)
+    assert ray.is_initialized() == was

@@ -1,0 +1,149 @@
+"""A real sweep on the local Ray: tiny SIGMA trials (Ray Train V2 inside Tune trials), Optuna TPE on an SQLite
+study, ASHA early stopping, an interrupted driver resumed with ``Tuner.restore``, and the best config trained.
+
+One sweep serves all tests (each trial costs a Train start-up): 4 trials, 2 at a time; the driver is interrupted
+once 2 trials have finished, then the same sweep runs again and finishes the other 2.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sigma_ray.config import from_dict
+from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, SweepConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "experiments" / "configs" / "local_tiny.yaml")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_with_dashboard():
+    """Tune over Train V2 needs the dashboard (Train frees stopped trials' placement groups through it), which the
+    shared session runs without: swap it for one with the dashboard, and bring the shared one back afterwards."""
+    import ray
+
+    shared = ray.is_initialized()
+    if shared:
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+    if shared:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+@pytest.fixture(scope="module")
+def sweep_data(tmp_path_factory) -> dict:
+    """4 classes x 6 train and 10 val videos: a 24-video bank and 40 queries for the probe (2.5% steps, so
+    trials seldom tie at ASHA's rung)."""
+    from sigma_ray.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("sweep_data"), num_classes=4, train_per_class=6,
+                          val_per_class=10, frames=16, size=64)
+
+
+def sweep_config(data: dict, storage: Path) -> SweepConfig:
+    """Trials of 4 steps (batch 2) probed at steps 2 and 4; ASHA's only rung is step 2. A large lr makes 2 steps
+    move the encoder enough for the configs' probe scores to differ."""
+    return from_dict(SweepConfig, {
+        "name": "sweep_test", "storage_path": str(storage), "pretrain_config": TINY,
+        "pretrain": {
+            "synthetic": False, "storage_path": str(storage / "best_runs"),
+            "data": {"root": data["root"], "train_list": data["train"], "val_list": data["val"], "batch_size": 2,
+                     "num_actors_max": 1, "actor_num_cpus": 0.25},
+            "train": {"base_lr": 2.0, "min_lr": 0.01, "warmup_epochs": 0, "log_every": 1},
+        },
+        "num_samples": 4, "max_concurrent": 2, "seed": 3,
+        "trial": {"steps": 4, "probe_every": 2},
+        "asha": {"grace_period": 1, "reduction_factor": 4},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.25, "driver_cpus": 0.1},
+        "search": {"num_prototypes": {"low": 16, "high": 256, "log": True}},
+        "probe": {"k": 10},
+    })
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(ray_with_dashboard, sweep_data, tmp_path_factory):
+    """(first result, second result, config, trial dir snapshots after the first run)."""
+    from sigma_ray.tune.sweep import run_sweep
+
+    config = sweep_config(sweep_data, tmp_path_factory.mktemp("sweeps"))
+    first = run_sweep(config, stop_after_trials=2)
+    snapshot = {p.parent.name: p.read_text() for p in Path(config.sweep_dir, "trials").glob("*/metrics.jsonl")}
+    second = run_sweep(config)
+    return first, second, config, snapshot
+
+
+def study_of(config: SweepConfig) -> optuna.Study:
+    return optuna.load_study(study_name=config.name, storage=config.study_url)
+
+
+def test_the_interrupted_sweep_resumes_and_finishes_without_repeating_a_trial(interrupted_then_resumed):
+    first, second, config, snapshot = interrupted_then_resumed
+    assert not first.finished
+    assert sum(r.state in ("complete", "stopped early") for r in first.rows) >= 2
+    assert second.finished
+    # Tune: 4 trials in all, each once
+    ids = [r.metrics.get("trial_id") for r in second.result_grid]
+    assert len(ids) == len(set(ids)) == 4
+    # the study: every trial, all finished, each linked to one Tune trial, no config proposed twice
+    trials = study_of(config).get_trials()
+    assert len(trials) == 4
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    assert sorted(t.user_attrs[TUNE_ID_ATTR] for t in trials) == sorted(ids)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    # trials finished before the interruption did not run again: their pretraining logs are untouched
+    done_before = {r.tune_id for r in first.rows if r.state in ("complete", "stopped early")}
+    for tid in done_before:
+        assert (Path(config.sweep_dir, "trials", tid, "metrics.jsonl")).read_text() == snapshot[tid]
+
+
+def test_asha_stopped_a_trial_early_and_the_study_says_so(interrupted_then_resumed):
+    _, second, config, _ = interrupted_then_resumed
+    rows = second.rows
+    stopped = [r for r in rows if r.stopped_early]
+    assert stopped, "ASHA stopped no trial: " + "; ".join(f"{r.number}: {r.scores}" for r in rows)
+    for r in stopped:   # stopped at the rung (step 2) with the score that stopped it, PRUNED in the study
+        assert r.steps == 2 and list(r.scores) == [2] and r.score == r.scores[2]
+    assert all(r.steps == 4 and list(r.scores) == [2, 4] for r in rows if r.state == "complete")
+    # ASHA's rule at its rung: a trial stops when its score is below the 75th percentile (reduction factor 4)
+    # of the scores recorded there before it, so a stopped trial is below some other trial's rung score
+    for r in stopped:
+        assert r.scores[2] < max(o.scores[2] for o in rows if o is not r)
+    # early-stopped trials rank below the full-length ones
+    assert [r.state for r in rows] == sorted((r.state for r in rows), key=lambda s: s != "complete")
+
+
+def test_outputs_tune_results_tensorboard_plots_and_summary(interrupted_then_resumed, capsys):
+    _, second, config, _ = interrupted_then_resumed
+    sweep_dir = Path(config.sweep_dir)
+    trial_dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.startswith("run_trial_")]
+    assert len(trial_dirs) == 4
+    for d in trial_dirs:
+        assert (d / "progress.csv").is_file() and (d / "result.json").is_file()
+        assert list(d.glob("events.out.tfevents.*"))
+        results = [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
+        assert results and all(SCORE_METRIC in r for r in results)   # every result Tune saw has the score
+    for name in ("optimization_history.png", "param_importances.png", "params.png"):
+        assert (sweep_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (sweep_dir / "summary.csv").read_text().splitlines()
+    assert len(summary) == 5 and summary[0].startswith("rank,number,tune_id,num_prototypes,temperature,sinkhorn_iterations,knn_top1")
+
+
+def test_best_config_loads_and_trains_one_step(interrupted_then_resumed):
+    from sigma_ray.train.config import load_pretrain_config
+    from sigma_ray.train.launch import pretrain
+
+    _, second, config, _ = interrupted_then_resumed
+    best = second.rows[0]
+    assert best.state == "complete"
+    cfg = load_pretrain_config(second.best_config_path)   # as experiments/pretrain.py loads it
+    assert cfg.name == "sweep_test_best"
+    assert cfg.objective.num_prototypes == best.params["num_prototypes"]
+    result = pretrain(load_pretrain_config(second.best_config_path, ["train.max_steps=1"]))
+    assert result.steps == 1 and Path(result.encoder_path).is_file()
