@@ -37,7 +37,8 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     from sigma_ray.data.synthetic import make_synthetic
 
     out = make_synthetic(args.out, num_classes=args.classes, train_per_class=args.train_per_class,
-                         val_per_class=args.val_per_class, frames=args.frames, size=args.size, seed=args.seed)
+                         val_per_class=args.val_per_class, frames=args.frames, size=args.size, seed=args.seed,
+                         camera=args.camera)
     print(f"wrote {out['train']}, {out['val']} and {out['classes']} ({args.classes} classes) under {out['root']}")
     return 0
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--camera", action="store_true", help="classes = camera pan directions (default: object motion)")
     p.set_defaults(func=_make_synthetic)
 
     # the prepare options live beside the job (sigma_ray/data/prepare.py); importing them loads av, not Ray

@@ -237,7 +237,7 @@ def plot_strip(model, data: DataConfig, out: Path, seed: int) -> str:
         masked_frame = np.where(m[..., None], 0.25 + 0.1 * frame, frame)
         tgt = colour(target.reshape(t, h, w)[i]).repeat(up, 0).repeat(up, 1)
         prd = colour(predicted.reshape(t, h, w)[i]).repeat(up, 0).repeat(up, 1)
-        for r, img in enumerate((frame, masked_frame, 0.6 * tgt + 0.4 * frame, prd)):
+        for r, img in enumerate((frame, masked_frame, 0.85 * tgt + 0.15 * frame, prd)):
             axes[r, i].imshow(img)
             axes[r, i].set_xticks([])
             axes[r, i].set_yticks([])

@@ -86,3 +86,18 @@ def test_loads_through_the_data_layer(synth):
                                  "batch_size": 4, "num_classes": 8})
     batch = next(iter(ClipIterator(cfg, "train")))
     assert batch["clips"].shape == (4, 16, 64, 64, 3)
+
+
+def test_camera_motion_classes_single_frame_at_chance_motion_separates(tmp_path_factory):
+    from sigma_ray.data.synthetic import CAMERA_CLASSES
+
+    paths = make_synthetic(tmp_path_factory.mktemp("camera"), num_classes=8, train_per_class=8, val_per_class=4,
+                           frames=16, size=64, seed=2, camera=True)
+    assert open(paths["classes"]).read().split() == list(CAMERA_CLASSES)
+    xtr, ytr = load(paths, "train")
+    xva, yva = load(paths, "val")
+    thumb = lambda x: x[:, 8].reshape(len(x), 16, 4, 16, 4, 3).mean((2, 4)).reshape(len(x), -1) / 255
+    assert (ridge(thumb(xtr), ytr, thumb(xva)) == yva).mean() < 1 / 8 + 0.2
+    # the whole frame translates: the affine flow's translation alone names the direction
+    motion = lambda x: np.stack([affine_motion(c)[:2] for c in x])
+    assert (nearest_centroid(motion(xtr), ytr, motion(xva)) == yva).mean() > 0.9

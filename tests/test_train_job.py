@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sigma_ray.train.checkpoint import list_checkpoints
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -71,7 +73,7 @@ def job_args(synthetic: dict, storage: Path, name: str) -> list[str]:
 
 
 def check_run(run_dir: Path) -> None:
-    assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == ["checkpoint_00000002", "checkpoint_00000004"]
+    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint_00000002", "checkpoint_00000004"]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "encoder.pt").is_file() and (run_dir / "config.yaml").is_file()
 

@@ -5,6 +5,8 @@ class is the object's motion: left, right, up, down, clockwise, counter-clockwis
 (shrink), then fast left / fast right. Positions wrap around the frame, angles start uniform, and sizes are
 uniform in log scale (sawtooth in time for approach/recede, with a random phase), so the distribution of any
 single frame is the same for every class: a one-frame classifier is at chance, frame differences are not.
+``camera=True`` makes the other kind of motion: a static scene (background + object, each video from a random
+start) and a camera that pans in one of 8 directions, so every token, not only the object's, sees the class.
 Written as real mp4 files (H.264 when available, else MPEG-4) with VideoMAE lists ``train.csv`` / ``val.csv``
 (``path label``, paths relative to the output directory, which is the data config's ``root``).
 """
@@ -99,6 +101,26 @@ def synth_frames(cls: int, frames: int, size: int, rng: np.random.Generator, bg,
     return np.stack(out)
 
 
+CAMERA_CLASSES = ("pan_left", "pan_right", "tilt_up", "tilt_down", "up_left", "up_right", "down_left", "down_right")
+_CAMERA_DIRECTIONS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1))
+
+
+def camera_frames(cls: int, frames: int, size: int, rng: np.random.Generator, bg, tex, shape) -> np.ndarray:
+    """uint8 (frames, size, size, 3): a static scene (background + object) seen by a camera moving in direction
+    ``CAMERA_CLASSES[cls]`` at SPEED pixels per frame (the scene wraps around, so every frame is complete)."""
+    lo, hi = (math.log(s) for s in SCALE_RANGE)
+    scene = _render(bg, tex, shape, *rng.uniform(0, size, 2), rng.uniform(0, 2 * math.pi),
+                    math.exp(rng.uniform(lo, hi)), radius=size * OBJECT_RADIUS)
+    dx, dy = _CAMERA_DIRECTIONS[cls]
+    norm = math.hypot(dx, dy)
+    speed = SPEED * size / 64
+    # A random start: with the pool's shared backgrounds, any fixed start would give away the direction in a
+    # single frame (the background's offset at frame t would be a function of the class).
+    ox, oy = rng.integers(0, size, 2)
+    return np.stack([np.roll(scene, (oy - round(speed * t * dy / norm), ox - round(speed * t * dx / norm)),
+                             axis=(0, 1)) for t in range(frames)])
+
+
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25) -> str:
     """Write uint8 (T, H, W, 3) frames (even H, W) as H.264 (libx264) or, without it, MPEG-4. Returns the codec."""
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -118,14 +140,18 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25) -> str:
 
 
 def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: int = 40, val_per_class: int = 10,
-                   frames: int = 32, size: int = 64, seed: int = 0, pool: int = 4) -> dict[str, str]:
+                   frames: int = 32, size: int = 64, seed: int = 0, pool: int = 4, camera: bool = False
+                   ) -> dict[str, str]:
     """Write the data set under ``out_dir``; returns {"root", "train", "val", "classes"} paths.
 
     ``frames`` is the length of each video (32 lets dense sampling take 16 frames at rate 2); ``pool`` is the
-    number of shared objects and of shared backgrounds. Deterministic in ``seed``.
+    number of shared objects and of shared backgrounds. ``camera=True``: the classes are the camera's motion over
+    a static scene (CAMERA_CLASSES: every token sees the motion) instead of the object's (CLASSES: only the
+    object's tokens do). Deterministic in ``seed``.
     """
-    if not 2 <= num_classes <= len(CLASSES):
-        raise ValueError(f"num_classes = {num_classes} must be in [2, {len(CLASSES)}]")
+    names, render = (CAMERA_CLASSES, camera_frames) if camera else (CLASSES, synth_frames)
+    if not 2 <= num_classes <= len(names):
+        raise ValueError(f"num_classes = {num_classes} must be in [2, {len(names)}]")
     if size % 2 or size < 16:
         raise ValueError(f"size = {size} must be an even number >= 16")
     out = Path(out_dir)
@@ -142,10 +168,10 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
             bg = backgrounds[int(rng.integers(pool))]
             tex, shape = objects[int(rng.integers(pool))]
             rel = f"videos/{split}_{i:05d}.mp4"
-            write_mp4(out / rel, synth_frames(cls, frames, size, rng, bg, tex, shape))
+            write_mp4(out / rel, render(cls, frames, size, rng, bg, tex, shape))
             lines.append(f"{rel} {cls}\n")
         (out / f"{split}.csv").write_text("".join(lines))
         paths[split] = str(out / f"{split}.csv")
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES[:num_classes]))
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in names[:num_classes]))
     paths["classes"] = str(out / "classes.txt")
     return paths
