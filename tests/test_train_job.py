@@ -42,7 +42,7 @@ def head(tmp_path_factory):
          f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while True:
         try:
             urllib.request.urlopen(f"{url}/api/version", timeout=2)
@@ -52,6 +52,22 @@ def head(tmp_path_factory):
                 proc.kill()
                 pytest.fail(f"the local head did not start (exit {proc.poll()})")
             time.sleep(1)
+    # The dashboard answers before the node's job agent is up ("No available agent to submit job"): submit a
+    # no-op job until one is accepted and finishes.
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(url)
+    while True:
+        try:
+            ready = client.submit_job(entrypoint="python -c pass")
+            break
+        except RuntimeError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("the local head's job agent did not come up")
+            time.sleep(2)
+    while client.get_job_status(ready) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        time.sleep(1)
     yield {"url": url, "env": env}
     proc.terminate()  # --block: the head takes down the processes it started
     try:
