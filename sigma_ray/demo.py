@@ -43,7 +43,7 @@ class DemoConfig:
     scenes the encoder never saw, and only motion is shared between a class's videos.
 
     Compute per method: ``steps x batch_size`` clips of ``num_frames x size x size``; the two pretraining runs see
-    the same clips in the same order with the same masks.
+    the same clips with the same masks (each seeded by video and epoch), in epochs shuffled the same way.
     """
 
     out_dir: str = "runs/demo"

@@ -33,13 +33,18 @@ def head(tmp_path_factory):
     """A local head on 127.0.0.1 (token auth off, as Ray allows only there) with the dashboard; yields its URL."""
     ray_bin = Path(sys.executable).parent / "ray"
     port, dash = free_port(), free_port()
+    # Every port Ray would otherwise take by default: the session's own Ray (other tests) already holds those,
+    # and a head whose dashboard agent cannot bind never accepts a job ("No available agent to submit job").
+    ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                            "--metrics-export-port", "--runtime-env-agent-port",
+                                            "--ray-client-server-port")}
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the jobs' python
     temp_dir = tmp_path_factory.mktemp("ray_head")
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 180
@@ -130,7 +135,8 @@ def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_s
 
 def test_a_bad_config_fails_the_job_with_the_field_name(head, tmp_path):
     """A config error exits 2 with the field's name before any worker starts; the job is FAILED."""
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head["url"], "--working-dir", str(ROOT), "--",
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head["url"],
+           "--working-dir", str(ROOT), "--",
            "python", "experiments/pretrain.py", "--config", "experiments/configs/local_tiny.yaml",
            "--set", "data.mask.ratio=1.5", "--storage-path", str(tmp_path)]
     out = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=300)

@@ -169,7 +169,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     t_start = t_interval = time.perf_counter()
     if rank == 0:
         print(f"[sigma-ray] {'resuming at' if start_step else 'starting'} step {start_step}/{total} "
-              f"({world} workers, global batch {global_batch}, {spe} steps/epoch, device {device})", file=sys.__stdout__, flush=True)
+              f"({world} workers, global batch {global_batch}, {spe} steps/epoch, device {device})",
+              file=sys.__stdout__, flush=True)
     try:
         while step < total:
             if tc.fail_at_step is not None and step + 1 == tc.fail_at_step and rank == world - 1:
