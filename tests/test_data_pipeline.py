@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from sigma_ray.data.clips import SkipBoundError
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.iterator import ClipIterator
 from sigma_ray.data.pipeline import ClipPipeline, build_dataset

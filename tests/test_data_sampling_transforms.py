@@ -1,6 +1,5 @@
 """Frame index sampling and spatial transforms against hand-computed expectations."""
 import numpy as np
-import pytest
 
 from sigma_ray.data import sampling, transforms
 

@@ -1,7 +1,6 @@
 """Trainer configuration, optimizer groups and schedules, checkpoints and the encoder export (no Ray Train run)."""
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ from sigma_ray.model.vit import ModelConfig
 from sigma_ray.train.checkpoint import (TrainState, latest_checkpoint, list_checkpoints, load_checkpoint,
                                         read_state, save_checkpoint)
 from sigma_ray.train.cli import build_parser, config_from_args, main
-from sigma_ray.train.config import PretrainConfig, TrainConfig, load_pretrain_config
-from sigma_ray.train.optim import Schedule, build_optimizer, make_schedule, no_weight_decay, param_groups
+from sigma_ray.train.config import TrainConfig, load_pretrain_config
+from sigma_ray.train.optim import build_optimizer, make_schedule, no_weight_decay, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 # Pretraining configs: every YAML there except the evaluation (eval_*) and sweep (sweep_*) ones.
