@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="the embedded demo: synthetic set, SIGMA vs pixels vs random, report.md")
     p.add_argument("--out", default=None, help="output directory (default runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="pretraining steps per method (default 400)")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps per method (default 600)")
     p.add_argument("--quick", action="store_true", help="the smallest end-to-end run (about a minute)")
     p.set_defaults(func=_demo)
 
