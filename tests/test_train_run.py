@@ -43,21 +43,31 @@ def logged_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def soft_codes(model, clips: torch.Tensor, mask: torch.Tensor) -> tuple[dict, dict]:
+    """(soft Sinkhorn codes, prototype scores) of both sides, {"video", "proj"}, for one forward of ``model``;
+    Sinkhorn gathers over the process group when one is initialized."""
+    scores = {}
+    model.loss.register_forward_hook(lambda m, args, out: scores.update(video=args[0], proj=args[1]))
+    with torch.no_grad():
+        model(clips, mask)
+        return {side: model.loss.codes(s) for side, s in scores.items()}, scores
+
+
+def seeded_model(cfg: dict):
+    from sigma_ray.model.sigma import build_model
+
+    torch.manual_seed(0)
+    return build_model(cfg["model"], cfg["objective"])
+
+
 def _codes_loop(cfg: dict) -> None:
     """Each worker: the same model, its half of the batch; saves the soft Sinkhorn codes of both sides."""
     import ray.train
 
-    from sigma_ray.model.sigma import build_model
-
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    torch.manual_seed(0)
-    model = build_model(cfg["model"], cfg["objective"])
-    scores = {}
-    model.loss.register_forward_hook(lambda m, args, out: scores.update(video=args[0], proj=args[1]))
     n = cfg["clips"].shape[0] // world
-    with torch.no_grad():
-        model(cfg["clips"][rank * n:(rank + 1) * n], cfg["mask"][rank * n:(rank + 1) * n])
-        codes = {side: model.loss.codes(s) for side, s in scores.items()}
+    shard = slice(rank * n, (rank + 1) * n)
+    codes, _ = soft_codes(seeded_model(cfg), cfg["clips"][shard], cfg["mask"][shard])
     torch.save(codes, Path(cfg["out"]) / f"codes_rank{rank}.pt")
 
 
@@ -68,7 +78,7 @@ def test_two_workers_get_the_codes_of_one_process_on_the_whole_batch(ray_session
     from ray.train.torch import TorchTrainer
 
     from sigma_ray.masking import MaskConfig, MaskGenerator
-    from sigma_ray.model.sigma import ObjectiveConfig, build_model
+    from sigma_ray.model.sigma import ObjectiveConfig
     from sigma_ray.model.vit import ModelConfig
 
     mc = ModelConfig(size="tiny", num_frames=8, img_size=64)
@@ -77,19 +87,14 @@ def test_two_workers_get_the_codes_of_one_process_on_the_whole_batch(ray_session
     clips = torch.randn(4, 3, 8, 64, 64, generator=gen)
     mask = torch.from_numpy(MaskGenerator(mc.grid, MaskConfig(ratio=0.75)).batch(4, np.random.default_rng(0)))
 
+    cfg = {"model": mc, "objective": oc, "clips": clips, "mask": mask, "out": str(tmp_path)}
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    TorchTrainer(_codes_loop, train_loop_config={"model": mc, "objective": oc, "clips": clips, "mask": mask,
-                                                 "out": str(tmp_path)},
+    TorchTrainer(_codes_loop, train_loop_config=cfg,
                  scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
                  run_config=ray.train.RunConfig(name="codes", storage_path=str(tmp_path / "ray"))).fit()
 
-    torch.manual_seed(0)
-    model = build_model(mc, oc)
-    scores = {}
-    model.loss.register_forward_hook(lambda m, args, out: scores.update(video=args[0], proj=args[1]))
-    with torch.no_grad():
-        model(clips, mask)
-        single = {side: model.loss.codes(s) for side, s in scores.items()}
+    model = seeded_model(cfg)
+    single, scores = soft_codes(model, clips, mask)
     parts = [torch.load(tmp_path / f"codes_rank{r}.pt") for r in range(2)]
     for side in ("video", "proj"):
         gathered = torch.cat([p[side] for p in parts])

@@ -26,7 +26,7 @@ from sigma_ray.eval.features import features_for_split
 from sigma_ray.eval.knn import knn_eval
 from sigma_ray.eval.linear import linear_probe
 from sigma_ray.eval.metrics import log
-from sigma_ray.model.export import load_encoder
+from sigma_ray.model.export import encoder_from_model_state, load_encoder
 from sigma_ray.model.vit import ModelConfig, VideoEncoder
 from sigma_ray.step import default_amp_dtype
 
@@ -34,7 +34,6 @@ ENCODER_FILE = "encoder.pt"
 STATE_FILE = "state.pt"
 RUN_CONFIG_FILE = "config.yaml"
 CHECKPOINT_PREFIX = "checkpoint_"
-ENCODER_PREFIX = "video.encoder."
 
 
 def load_checkpoint_encoder(checkpoint_dir: str | Path) -> VideoEncoder:
@@ -47,13 +46,12 @@ def load_checkpoint_encoder(checkpoint_dir: str | Path) -> VideoEncoder:
     model_config = from_dict(ModelConfig, load_yaml(run_config).get("model", {}), prefix="model")
     # weights_only=False: the trainer's state also pickles its meta dict; the file is the user's own checkpoint
     blob = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
-    state = {k[len(ENCODER_PREFIX):]: v for k, v in blob["model"].items() if k.startswith(ENCODER_PREFIX)}
-    if not state:
-        raise ValueError(f"{checkpoint_dir / STATE_FILE} has no '{ENCODER_PREFIX}*' weights")
-    encoder = VideoEncoder(model_config)
-    encoder.load_state_dict(state, strict=True)
+    try:
+        encoder = encoder_from_model_state(blob["model"], model_config)
+    except ValueError as e:
+        raise ValueError(f"{checkpoint_dir / STATE_FILE}: {e}") from None
     encoder.export_meta = {"step": blob.get("step"), "checkpoint": str(checkpoint_dir)}
-    return encoder.eval()
+    return encoder
 
 
 def resolve_encoder(path: str | Path) -> tuple[str, Path]:

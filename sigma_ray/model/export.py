@@ -13,6 +13,7 @@ from sigma_ray.config import from_dict
 from sigma_ray.model.vit import ModelConfig, VideoEncoder
 
 FORMAT = "sigma-ray-encoder/1"
+ENCODER_PREFIX = "video.encoder."     # where a SigmaModel's state dict keeps the encoder (SigmaModel.video.encoder)
 
 
 def save_encoder(encoder: nn.Module, config: ModelConfig, path: str | Path, meta: dict[str, Any] | None = None
@@ -39,4 +40,15 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
     encoder = VideoEncoder(from_dict(ModelConfig, cfg))
     encoder.load_state_dict(blob["state_dict"], strict=True)
     encoder.export_meta = blob.get("meta", {})
+    return encoder.eval()
+
+
+def encoder_from_model_state(model_state: dict[str, torch.Tensor], config: ModelConfig) -> VideoEncoder:
+    """The encoder inside a whole SigmaModel's state dict (a training checkpoint's ``"model"``), loaded strictly,
+    in eval mode. Raises ValueError when the state holds no encoder weights."""
+    state = {k[len(ENCODER_PREFIX):]: v for k, v in model_state.items() if k.startswith(ENCODER_PREFIX)}
+    if not state:
+        raise ValueError(f"the model state has no '{ENCODER_PREFIX}*' weights")
+    encoder = VideoEncoder(config)
+    encoder.load_state_dict(state, strict=True)
     return encoder.eval()

@@ -7,7 +7,6 @@ the model, objective, data and train sections with the run's name and storage pa
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -148,9 +147,6 @@ class PretrainConfig:
     def global_batch(self) -> int:
         """Clips per optimizer step over all workers."""
         return self.data.batch_size * self.train.accumulate_steps * self.train.num_workers
-
-    def with_train(self, **changes: Any) -> "PretrainConfig":
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
 
 
 def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),

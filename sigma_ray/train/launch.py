@@ -145,16 +145,12 @@ def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
 
     import torch
 
-    from sigma_ray.model.export import save_encoder
-    from sigma_ray.model.vit import VideoEncoder
+    from sigma_ray.model.export import encoder_from_model_state, save_encoder
     from sigma_ray.train.checkpoint import STATE_FILE
 
     def export_from(directory: str) -> str:
         blob = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
-        encoder = VideoEncoder(config.model)
-        encoder_state = {k[len("video.encoder."):]: v for k, v in blob["model"].items()
-                         if k.startswith("video.encoder.")}
-        encoder.load_state_dict(encoder_state, strict=True)
+        encoder = encoder_from_model_state(blob["model"], config.model)
         meta = {"step": blob["step"], "run": config.name, "objective": config.objective.kind}
         with tempfile.TemporaryDirectory() as tmp:
             local = save_encoder(encoder, config.model, Path(tmp) / ENCODER_FILE, meta)
@@ -165,6 +161,21 @@ def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
         with checkpoint.as_directory() as d:
             return export_from(d)
     return export_from(str(checkpoint))
+
+
+def run_length(config: PretrainConfig, num_videos: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) of ``config`` on a train set of ``num_videos`` videos:
+    whole global batches per epoch (``train.steps_per_epoch`` caps it), ``train.epochs`` of them, capped by
+    ``train.max_steps``. Raises ConfigError when the set holds less than one global batch."""
+    tc = config.train
+    spe = num_videos // config.global_batch
+    if spe < 1:
+        raise ConfigError(f"the train set has {num_videos} videos, fewer than one global batch of "
+                          f"{config.global_batch} (data.batch_size x train.accumulate_steps x train.num_workers)")
+    if tc.steps_per_epoch is not None:
+        spe = min(spe, tc.steps_per_epoch)
+    total = tc.epochs * spe
+    return spe, total if tc.max_steps is None else min(total, tc.max_steps)
 
 
 def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) -> PretrainResult:
@@ -199,15 +210,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
     pipeline = ClipPipeline(config.data, "train")
     num_videos = len(pipeline.records)
-    spe = num_videos // config.global_batch
-    if spe < 1:
-        raise ConfigError(f"the train set has {num_videos} videos, fewer than one global batch of "
-                          f"{config.global_batch} (data.batch_size x train.accumulate_steps x train.num_workers)")
-    if config.train.steps_per_epoch is not None:
-        spe = min(spe, config.train.steps_per_epoch)
-    total = config.train.epochs * spe
-    if config.train.max_steps is not None:
-        total = min(total, config.train.max_steps)
+    spe, total = run_length(config, num_videos)
 
     run_dir = run_dir_of(config)
     if _is_uri(run_dir):

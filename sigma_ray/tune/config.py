@@ -143,10 +143,6 @@ class TrialResources:
         for k, v in self.driver_resources.items():
             check_range(f"driver_resources.{k}", v, 0.0, lo_open=True)
 
-    def driver_bundle(self) -> dict[str, float]:
-        """The resources of the trial's driver process (``tune.with_resources``)."""
-        return {"cpu": self.driver_cpus, **self.driver_resources}
-
 
 @dataclass(frozen=True)
 class ProbeConfig:

@@ -38,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sigma_ray.config import ConfigError, save_yaml, to_dict
 from sigma_ray.eval.knn import KnnProbe
 from sigma_ray.train.config import PretrainConfig
-from sigma_ray.train.launch import check_cluster, ensure_synthetic, pretrain, resolve_paths
+from sigma_ray.train.launch import check_cluster, ensure_synthetic, pretrain, resolve_paths, run_length
 from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, IntRange, SweepConfig, trial_pretrain_config
 from sigma_ray.tune.report import SweepReport, TrialRow, write_report
 
@@ -177,19 +177,6 @@ def run_trial(params: dict[str, Any], base: PretrainConfig, sweep: SweepConfig, 
     pretrain(config, callbacks=[ScoreReportCallback(SCORE_METRIC)], probe=probe)
 
 
-def trial_length(config: PretrainConfig, num_videos: int) -> int:
-    """Optimizer steps the pretraining run ``config`` makes on a train set of ``num_videos`` videos."""
-    tc = config.train
-    steps_per_epoch = num_videos // config.global_batch
-    if steps_per_epoch < 1:
-        raise ConfigError(f"the train set has {num_videos} videos, fewer than one global batch of "
-                          f"{config.global_batch} (data.batch_size x train.accumulate_steps x resources.num_workers)")
-    if tc.steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
-    total = tc.epochs * steps_per_epoch
-    return total if tc.max_steps is None else min(total, tc.max_steps)
-
-
 class _StopAfterTrials(threading.Thread):
     """TEST HOOK: interrupt the driver once ``n`` more trials have finished in the study, as Ctrl+C would (Tune
     handles SIGUSR1 like SIGINT: it saves the experiment state and returns; trials still running are cut off)."""
@@ -248,7 +235,7 @@ def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, KnnProbe]:
             train_list=write_list(first_per_class(train, pc.train_per_class), folder / "train.csv"),
             val_list=write_list(first_per_class(val, pc.val_per_class), folder / "val.csv"))
     probe = KnnProbe(data, num_classes, k=pc.k, temperature=pc.temperature)
-    return base, trial_length(one_trial, len(train)), probe
+    return base, run_length(one_trial, len(train))[1], probe
 
 
 def first_per_class(records: list, per_class: int | None) -> list:
