@@ -58,6 +58,17 @@ def test_export_round_trip_same_features(encoder, data_config, tmp_path):
     assert torch.equal(a.feats, b.feats) and torch.equal(a.labels, b.labels) and len(a) == 4
 
 
+def test_an_export_from_before_pos_embed_loads_with_the_3d_table(tmp_path):
+    # Exports written before model.pos_embed existed hold no such key; they were trained with the 3-D table.
+    cfg = ModelConfig(size="tiny", num_frames=8, img_size=64, pos_embed="sincos_3d")
+    torch.manual_seed(0)
+    path = save_encoder(VideoEncoder(cfg), cfg, tmp_path / "old.pt")
+    blob = torch.load(path, weights_only=True)
+    del blob["model_config"]["pos_embed"]
+    torch.save(blob, path)
+    assert load_encoder(path).config.pos_embed == "sincos_3d"
+
+
 def test_eval_mode_used_and_mode_restored(encoder, test_batches):
     # drop path 0.3: in train mode two passes differ; extraction must switch it off (and switch back after)
     encoder.train()

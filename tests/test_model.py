@@ -8,8 +8,8 @@ from sigma_ray.config import ConfigError, from_dict
 from sigma_ray.masking import MaskGenerator
 from sigma_ray.model.projection import normalize_tubes, tube_pixels
 from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel, build_model
-from sigma_ray.model.vit import ModelConfig, VideoMAE, count_parameters, gather_tokens, sincos_pos_embed_3d, \
-    split_indices
+from sigma_ray.model.vit import ModelConfig, VideoEncoder, VideoMAE, count_parameters, gather_tokens, \
+    sincos_pos_embed_3d, sinusoid_pos_embed_1d, split_indices
 from sigma_ray.step import metrics_to_floats, normalize_clips, train_step
 
 TINY = ModelConfig(size="tiny", num_frames=8, img_size=64)
@@ -40,6 +40,28 @@ def test_pos_embed_matches_a_naive_loop():
             assert table[idx, offset + i].item() == pytest.approx(np.sin(pos * omega), abs=1e-6)
             assert table[idx, offset + d // 2 + i].item() == pytest.approx(np.cos(pos * omega), abs=1e-6)
     assert len({tuple(r) for r in table.tolist()}) == 24  # every token has its own position
+
+
+def test_release_position_table_matches_a_naive_loop():
+    # VideoMAE's table: position p, dimension j -> p / 10000^(2*(j//2)/d), sin on even j, cos on odd j.
+    n, dim = 40, 12
+    table = sinusoid_pos_embed_1d(n, dim)
+    ref = np.array([[p / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for p in range(n)])
+    ref[:, 0::2], ref[:, 1::2] = np.sin(ref[:, 0::2]), np.cos(ref[:, 1::2])
+    assert table.dtype == torch.float32
+    assert np.abs(table.double().numpy() - ref).max() < 1e-7
+
+
+def test_the_release_table_is_the_default_and_the_3d_table_an_option():
+    torch.manual_seed(0)
+    enc = VideoEncoder(TINY)
+    assert TINY.pos_embed == "sinusoid_1d"
+    n = int(np.prod(TINY.grid))
+    assert torch.equal(enc.pos_embed(TINY.grid), sinusoid_pos_embed_1d(n, enc.embed_dim))
+    enc3 = VideoEncoder(ModelConfig(size="tiny", num_frames=8, img_size=64, pos_embed="sincos_3d"))
+    assert torch.equal(enc3.pos_embed(TINY.grid), sincos_pos_embed_3d(TINY.grid, enc.embed_dim))
+    with pytest.raises(ConfigError, match="pos_embed"):
+        from_dict(ModelConfig, {"pos_embed": "learned"})
 
 
 def test_index_gather_matches_boolean_indexing():
@@ -75,6 +97,54 @@ def test_tube_pixels_and_per_tube_normalization():
     norm = normalize_tubes(tubes).unflatten(-1, (-1, 3))
     assert torch.allclose(norm.mean(-2), torch.zeros(2, 8, 3), atol=1e-5)
     assert torch.allclose(norm.std(-2, unbiased=True), torch.ones(2, 8, 3), atol=1e-4)
+
+
+def _tube_targets(clips_u8: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """sigma-ray's targets for uint8 B x T x H x W x C clips (through the ImageNet normalization)."""
+    return normalize_tubes(tube_pixels(normalize_clips(clips_u8), 2, 16), eps=eps)
+
+
+def _release_targets_float64(clips_u8: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The release's target in float64: per tube and channel on [0, 1] pixels, unbiased std + eps."""
+    p = clips_u8.double().permute(0, 4, 1, 2, 3) / 255
+    t = tube_pixels(p, 2, 16).unflatten(-1, (-1, 3))
+    return ((t - t.mean(-2, keepdim=True)) / (t.var(-2, unbiased=True, keepdim=True).sqrt() + eps)).flatten(-2)
+
+
+def test_every_constant_tube_gives_an_exact_zero_target():
+    levels = torch.arange(256, dtype=torch.uint8)
+    grey = levels[:, None, None, None, None].expand(256, 2, 16, 16, 3).contiguous()
+    assert torch.count_nonzero(_tube_targets(grey)) == 0
+    for c in range(3):  # one constant channel beside two textured ones
+        clip = torch.randint(0, 256, (256, 2, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(c))
+        clip[..., c] = levels[:, None, None, None]
+        target = _tube_targets(clip).unflatten(-1, (-1, 3))
+        assert torch.count_nonzero(target[..., c]) == 0
+        assert target[..., (c + 1) % 3].abs().amax() > 0.5
+
+
+def test_a_letterboxed_clip_gives_zero_targets_on_its_black_borders():
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (1, 4, 64, 64, 3), dtype=np.uint8)
+    clip[:, :, :16] = 0     # black bars one tube high, top and bottom
+    clip[:, :, 48:] = 0
+    target = _tube_targets(torch.from_numpy(clip)).view(1, 2, 4, 4, -1)
+    assert torch.count_nonzero(target[:, :, [0, 3]]) == 0
+    assert (target[:, :, 1:3].abs().amax(-1) > 0.5).all()
+
+
+@pytest.mark.parametrize("eps", [1e-6, 1e-3])
+def test_targets_match_the_release_float64_reference_on_one_grey_level_textures(eps):
+    # Textures of two neighbouring grey levels: the std is ~0.002 on [0, 1] pixels, so where eps applies shows.
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 255, (2, 1, 1, 1, 3))
+    clip = torch.from_numpy((base + rng.integers(0, 2, (2, 4, 32, 32, 3))).astype(np.uint8))
+    ref = _release_targets_float64(clip, eps)
+    ours = _tube_targets(clip, eps)
+    assert (ours.double() - ref).abs().max() < 2e-5 * max(1.0, ref.abs().max().item())
+    # eps applied to ImageNet-normalized values (the old behaviour) misses the reference by far more
+    wrong = normalize_tubes(tube_pixels(normalize_clips(clip), 2, 16), eps=eps, pixel_std=None)
+    assert (wrong.double() - ref).abs().max() > 10 * (ours.double() - ref).abs().max()
 
 
 def _grads(module):
@@ -131,9 +201,9 @@ def test_teacher_requires_a_checkpoint_file(tmp_path):
         SigmaModel(TINY, ObjectiveConfig(kind="sigma_dino", teacher_checkpoint=str(tmp_path / "none.pth")))
 
 
-# The pixel objective sits on MAE's known plateau (loss ~1, predicting the mean) for ~70 steps before it
+# The pixel objective sits on MAE's known plateau (loss ~1, predicting the mean) for ~100 steps before it
 # starts to fit, so it gets more steps; SIGMA's codes are learnable at once.
-@pytest.mark.parametrize("kind,structured,steps", [("sigma_mlp", False, 30), ("videomae", True, 120)])
+@pytest.mark.parametrize("kind,structured,steps", [("sigma_mlp", False, 30), ("videomae", True, 200)])
 def test_tiny_model_overfits_one_batch(kind, structured, steps):
     torch.manual_seed(0)
     model = SigmaModel(TINY, ObjectiveConfig(kind=kind, num_prototypes=64))

@@ -37,6 +37,8 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> 
         raise ValueError(f"{path} is not a sigma-ray encoder export (format {FORMAT})")
     cfg = dict(blob["model_config"])
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    # Exports written before ``pos_embed`` existed were trained with the 3-D table (the default then).
+    cfg.setdefault("pos_embed", "sincos_3d")
     encoder = VideoEncoder(from_dict(ModelConfig, cfg))
     encoder.load_state_dict(blob["state_dict"], strict=True)
     encoder.export_meta = blob.get("meta", {})

@@ -14,6 +14,7 @@ from torch import nn
 
 from sigma_ray.config import ConfigError
 from sigma_ray.model.vit import gather_tokens
+from sigma_ray.step import IMAGENET_STD
 
 
 def tube_pixels(clips: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
@@ -22,13 +23,20 @@ def tube_pixels(clips: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
                      ).flatten(2)
 
 
-def normalize_tubes(tubes: torch.Tensor, channels: int = 3, eps: float = 1e-6) -> torch.Tensor:
+def normalize_tubes(tubes: torch.Tensor, channels: int = 3, eps: float = 1e-6,
+                    pixel_std: tuple[float, ...] | None = IMAGENET_STD) -> torch.Tensor:
     """VideoMAE's per-tube target: each channel standardized over the tube's pixels (unbiased std, + eps).
 
     ``tubes`` is ``... x (pixels*channels)`` with channels last; the output has the same shape, in float32.
+    ``pixel_std``: the per-channel std the clip was normalized with (ImageNet's), so that ``eps`` acts on [0, 1]
+    pixels as in the release (``eps / std_c`` here); ``None`` applies ``eps`` to the values as given. A constant
+    tube channel gives exactly 0: the tube's first pixel is subtracted first, which makes its values exact zeros
+    (a plain float32 mean of equal values is off by ulps, which the division by ``std + eps`` would blow up).
     """
     x = tubes.float().unflatten(-1, (-1, channels))
-    x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps)
+    x = x - x[..., :1, :]
+    eps_c = eps if pixel_std is None else eps / torch.tensor(pixel_std, device=x.device, dtype=torch.float32)
+    x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps_c)
     return x.flatten(-2)
 
 

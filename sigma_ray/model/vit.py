@@ -7,6 +7,7 @@ visible and masked tokens are gathered with index tensors (no boolean indexing, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +40,19 @@ VIT_SIZES: dict[str, VitSize] = {
 }
 
 
+PosEmbedKind = Literal["sinusoid_1d", "sincos_3d"]
+POS_EMBED_KINDS = ("sinusoid_1d", "sincos_3d")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The video model's shape. ``size`` names a :data:`VIT_SIZES` entry; the input is ``num_frames x img_size^2``."""
+    """The video model's shape. ``size`` names a :data:`VIT_SIZES` entry; the input is ``num_frames x img_size^2``.
+
+    ``pos_embed``: ``sinusoid_1d`` is the table of the SIGMA and VideoMAE releases (and of ``transformers``'
+    VideoMAE) over the flattened token index; released weights only give their features with it. ``sincos_3d``
+    encodes time, height and width separately, so a position keeps its meaning when the grid changes (another
+    clip length or frame size at evaluation); use it for models trained and evaluated here on varying grids.
+    """
 
     size: str = "base"
     num_frames: int = 16
@@ -49,9 +60,11 @@ class ModelConfig:
     tubelet: int = 2
     patch: int = 16
     drop_path: float = 0.0
+    pos_embed: PosEmbedKind = "sinusoid_1d"
 
     def validate(self) -> None:
         check_choice("size", self.size, VIT_SIZES)
+        check_choice("pos_embed", self.pos_embed, POS_EMBED_KINDS)
         check_range("tubelet", self.tubelet, 1)
         check_range("patch", self.patch, 1)
         check_range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
@@ -65,6 +78,24 @@ class ModelConfig:
     def tube_pixels(self) -> int:
         """Values in one RGB tube: tubelet * patch * patch * 3 (1536 for 2x16x16)."""
         return self.tubelet * self.patch * self.patch * 3
+
+
+def sinusoid_pos_embed_1d(num_tokens: int, dim: int) -> torch.Tensor:
+    """VideoMAE's fixed table over the flattened (time-major) token index, (num_tokens, dim) float32.
+
+    Entry ``[p, j] = sin(p / 10000^(2*(j//2)/dim))`` for even ``j`` and ``cos(...)`` for odd ``j`` (interleaved),
+    computed in float64 like the release's numpy table, then rounded to float32.
+    """
+    j = torch.arange(dim, dtype=torch.float64)
+    angles = torch.arange(num_tokens, dtype=torch.float64)[:, None] / 10000 ** (2 * (j // 2) / dim)
+    return torch.where(j % 2 == 0, angles.sin(), angles.cos()).float()
+
+
+def pos_embed_table(kind: PosEmbedKind, grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """The ``(t*h*w, dim)`` float32 position table of ``kind`` for a token grid."""
+    if kind == "sinusoid_1d":
+        return sinusoid_pos_embed_1d(grid[0] * grid[1] * grid[2], dim)
+    return sincos_pos_embed_3d(grid, dim)
 
 
 def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
@@ -127,16 +158,15 @@ class Block(nn.Module):
 class PosEmbed(nn.Module):
     """Caches the fixed position table per grid on the module's device (built once, not every step)."""
 
-    def __init__(self, grid: tuple[int, int, int], dim: int):
+    def __init__(self, kind: PosEmbedKind, grid: tuple[int, int, int], dim: int):
         super().__init__()
-        self.dim = dim
-        self.grid = grid
-        self.register_buffer("table", sincos_pos_embed_3d(grid, dim), persistent=False)
+        self.kind, self.dim, self.grid = kind, dim, grid
+        self.register_buffer("table", pos_embed_table(kind, grid, dim), persistent=False)
 
     def forward(self, grid: tuple[int, int, int]) -> torch.Tensor:
         if grid != self.grid:  # another clip size: rebuild once and keep it
             self.grid = grid
-            self.table = sincos_pos_embed_3d(grid, self.dim).to(self.table.device)
+            self.table = pos_embed_table(self.kind, grid, self.dim).to(self.table.device)
         return self.table
 
 
@@ -166,7 +196,7 @@ class VideoEncoder(nn.Module):
         self.embed_dim = size.embed_dim
         self.patch_embed = nn.Conv3d(3, size.embed_dim, kernel_size=(config.tubelet, config.patch, config.patch),
                                      stride=(config.tubelet, config.patch, config.patch))
-        self.pos_embed = PosEmbed(config.grid, size.embed_dim)
+        self.pos_embed = PosEmbed(config.pos_embed, config.grid, size.embed_dim)
         rates = torch.linspace(0, config.drop_path, size.depth).tolist()
         self.blocks = nn.ModuleList(Block(size.embed_dim, size.num_heads, size.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(size.embed_dim, eps=1e-6)
@@ -202,7 +232,7 @@ class VideoDecoder(nn.Module):
         size = VIT_SIZES[config.size]
         self.embed = nn.Linear(size.embed_dim, size.decoder_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, size.decoder_dim))
-        self.pos_embed = PosEmbed(config.grid, size.decoder_dim)
+        self.pos_embed = PosEmbed(config.pos_embed, config.grid, size.decoder_dim)
         self.blocks = nn.ModuleList(Block(size.decoder_dim, size.decoder_heads, size.mlp_ratio)
                                     for _ in range(size.decoder_depth))
         self.norm = nn.LayerNorm(size.decoder_dim, eps=1e-6)
