@@ -16,6 +16,10 @@ class SwappedPredictionLoss(nn.Module):
     scores (no gradient), gathered over all processes when ``gather`` and a process group is initialized.
     Hard codes (argmax, the released code's choice) by default, SwAV's soft codes with ``hard=False``.
     The gradient routing is the caller's: the video side must score against detached prototypes.
+
+    ``queued_video`` / ``queued_proj`` (``Q x K``, optional): scores of queued features from earlier batches
+    (:mod:`sigma_ray.queue`); they join that side's Sinkhorn call as extra rows and only the current tokens'
+    codes are used.
     """
 
     def __init__(self, num_prototypes: int, temperature: float = 0.1, sinkhorn_eps: float = 0.05,
@@ -28,9 +32,14 @@ class SwappedPredictionLoss(nn.Module):
         self.hard = hard
         self.gather = gather
 
-    def codes(self, scores: torch.Tensor) -> torch.Tensor:
-        """Sinkhorn codes ``M x K`` float32 for ``M x K`` cosine scores."""
-        return sinkhorn(scores.detach(), self.eps, self.iterations, score_bound=1.0, gather=self.gather)
+    def codes(self, scores: torch.Tensor, queued: torch.Tensor | None = None) -> torch.Tensor:
+        """Sinkhorn codes ``M x K`` float32 for ``M x K`` cosine scores; with ``queued`` (``Q x K``) the call runs
+        over ``[queued; scores]`` and returns the last M rows."""
+        scores = scores.detach()
+        if queued is None:
+            return sinkhorn(scores, self.eps, self.iterations, score_bound=1.0, gather=self.gather)
+        both = torch.cat([queued.detach(), scores])
+        return sinkhorn(both, self.eps, self.iterations, score_bound=1.0, gather=self.gather)[queued.shape[0]:]
 
     def _cross_entropy(self, scores: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         logits = scores.float() / self.temperature
@@ -38,11 +47,12 @@ class SwappedPredictionLoss(nn.Module):
             return F.cross_entropy(logits, codes.argmax(dim=1))
         return -(codes * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
-    def forward(self, scores_video: torch.Tensor, scores_proj: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, scores_video: torch.Tensor, scores_proj: torch.Tensor, queued_video: torch.Tensor | None = None,
+                queued_proj: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Returns ``loss`` (the sum), ``loss_video`` (video predicts the projection's codes), ``loss_proj``,
         and each side's hard codes ``codes_video`` / ``codes_proj`` (M int64) and usage perplexities."""
-        codes_video = self.codes(scores_video)
-        codes_proj = self.codes(scores_proj)
+        codes_video = self.codes(scores_video, queued_video)
+        codes_proj = self.codes(scores_proj, queued_proj)
         loss_proj = self._cross_entropy(scores_proj, codes_video)
         loss_video = self._cross_entropy(scores_video, codes_proj)
         hard_video, hard_proj = codes_video.argmax(dim=1), codes_proj.argmax(dim=1)

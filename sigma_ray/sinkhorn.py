@@ -125,3 +125,14 @@ def usage_perplexity(codes: torch.Tensor, num_prototypes: int) -> torch.Tensor:
     counts = torch.zeros(num_prototypes, device=idx.device).scatter_add_(0, idx, torch.ones_like(idx, dtype=torch.float))
     p = counts / counts.sum().clamp_min(1)
     return torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
+
+
+def codes_per_clip(codes: torch.Tensor) -> torch.Tensor:
+    """Distinct hard codes among each clip's tokens, averaged over clips: 0-d float tensor.
+
+    ``codes`` is ``B x M`` int (prototype ids of a clip's M masked tokens). 1 means every token of a clip got
+    one code (the codes name the clip, not the tube); a batch can look balanced over prototypes while this is 1.
+    Counted from sorted rows, so the shape stays static (no ``unique``, no device sync).
+    """
+    ordered = codes.sort(dim=1).values
+    return ((ordered[:, 1:] != ordered[:, :-1]).sum(dim=1) + 1).float().mean()

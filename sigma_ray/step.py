@@ -13,7 +13,8 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_METRIC_KEYS = ("loss", "loss_video", "loss_proj", "loss_pixel", "perplexity_video", "perplexity_proj")
+_METRIC_KEYS = ("loss", "loss_video", "loss_proj", "loss_pixel", "perplexity_video", "perplexity_proj",
+                "codes_per_clip_video", "codes_per_clip_proj")
 
 
 def normalize_clips(clips: torch.Tensor, device: torch.device | str | None = None,

@@ -113,8 +113,14 @@ class Prototypes(nn.Module):
     def normalize_(self) -> None:
         self.weight.copy_(nn.functional.normalize(self.weight, dim=-1))
 
-    def forward(self, features: torch.Tensor, detach: bool = False) -> torch.Tensor:
-        """``... x D`` features -> ``... x K`` cosine scores (float32). ``detach`` blocks the prototypes' gradient."""
-        w = self.weight.detach() if detach else self.weight
+    def forward(self, features: torch.Tensor, detach: bool = False, frozen: bool = False) -> torch.Tensor:
+        """``... x D`` features -> ``... x K`` cosine scores (float32). ``detach`` blocks the prototypes' gradient;
+        ``frozen`` makes it exactly zero instead (DDP needs every parameter to get a gradient each step)."""
+        if detach:
+            w = self.weight.detach()
+        elif frozen:
+            w = self.weight.detach() + 0 * self.weight
+        else:
+            w = self.weight
         with torch.autocast(features.device.type, enabled=False):
             return nn.functional.normalize(features.float(), dim=-1) @ w.float().t()

@@ -11,6 +11,8 @@ from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.losses import PixelMSELoss, SwappedPredictionLoss
 from sigma_ray.model.projection import PixelTubeMLP, Prototypes, TeacherProjection, normalize_tubes, tube_pixels
 from sigma_ray.model.vit import ModelConfig, VideoMAE, gather_tokens, split_indices
+from sigma_ray.queue import FeatureQueue
+from sigma_ray.sinkhorn import codes_per_clip
 
 ObjectiveKind = Literal["sigma_mlp", "sigma_dino", "videomae"]
 
@@ -18,7 +20,15 @@ ObjectiveKind = Literal["sigma_mlp", "sigma_dino", "videomae"]
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """What the decoder predicts. ``sigma_mlp`` / ``sigma_dino``: prototype codes of the pixel-tube MLP's or a
-    frozen image teacher's features (SIGMA); ``videomae``: normalized pixels (the baseline)."""
+    frozen image teacher's features (SIGMA); ``videomae``: normalized pixels (the baseline).
+
+    Levers for small batches, all off by default (the paper's runs need none): ``queue_length`` keeps that many
+    of the last batches' features per side and worker in each Sinkhorn call (SwAV's queue, see
+    :mod:`sigma_ray.queue`), from training batch ``queue_start`` on; ``freeze_prototypes`` keeps the prototypes
+    fixed for that many training batches (SwAV's ``freeze_prototypes_niters``). Training batches are forward
+    passes in training mode (optimizer steps x ``train.accumulate_steps``). ``projection_hidden``: the widths of
+    SIGMA-MLP's hidden layers (the paper's 1024, 1024, 512 for ViT-S/B).
+    """
 
     kind: ObjectiveKind = "sigma_mlp"
     num_prototypes: int = 3000
@@ -30,6 +40,10 @@ class ObjectiveConfig:
     gather: bool = True
     teacher_model: str = "vit_base_patch16_224.dino"
     teacher_checkpoint: str | None = None
+    projection_hidden: tuple[int, ...] = (1024, 1024, 512)
+    queue_length: int = 0
+    queue_start: int = 0
+    freeze_prototypes: int = 0
 
     def validate(self) -> None:
         check_choice("kind", self.kind, ("sigma_mlp", "sigma_dino", "videomae"))
@@ -38,6 +52,11 @@ class ObjectiveConfig:
         check_range("temperature", self.temperature, 0.0, lo_open=True)
         check_range("sinkhorn_eps", self.sinkhorn_eps, 0.0, lo_open=True)
         check_range("sinkhorn_iterations", self.sinkhorn_iterations, 1)
+        for i, width in enumerate(self.projection_hidden):
+            check_range(f"projection_hidden[{i}]", width, 1)
+        check_range("queue_length", self.queue_length, 0)
+        check_range("queue_start", self.queue_start, 0)
+        check_range("freeze_prototypes", self.freeze_prototypes, 0)
         if self.kind == "sigma_dino" and not self.teacher_checkpoint:
             raise ConfigError("teacher_checkpoint must name a local weights file when kind = 'sigma_dino'")
 
@@ -48,11 +67,18 @@ class SigmaModel(nn.Module):
     ``clips``: ``B x 3 x T x H x W`` normalized float; ``mask``: ``B x N`` bool (True = masked), the same count
     in every clip. Gradients: the projection side's scores train the projection and the prototypes; the video
     side scores against detached prototypes and trains the encoder and decoder.
+
+    With a queue or a prototype freeze on, the model counts its training batches (``batches_seen``, saved in its
+    state dict) for the queue's start and the freeze; each side's :class:`FeatureQueue` is per-process state,
+    saved by :meth:`queue_state_dict` (a checkpoint keeps one per rank).
     """
 
     def __init__(self, model: ModelConfig = ModelConfig(), objective: ObjectiveConfig = ObjectiveConfig()):
         super().__init__()
         self.config, self.objective = model, objective
+        self.batches_seen = 0
+        self.queues = ({"video": FeatureQueue(objective.queue_length), "proj": FeatureQueue(objective.queue_length)}
+                       if objective.queue_length and objective.kind != "videomae" else {})
         if objective.kind == "videomae":
             self.projection, self.prototypes = None, None
             self.video = VideoMAE(model, model.tube_pixels)
@@ -65,8 +91,8 @@ class SigmaModel(nn.Module):
         else:
             # The video model first: under one seed, SIGMA-MLP and the pixel baseline start from the same encoder.
             self.video = VideoMAE(model, objective.feature_dim)
-            self.projection = PixelTubeMLP(model.tube_pixels, objective.feature_dim, tubelet=model.tubelet,
-                                           patch=model.patch)
+            self.projection = PixelTubeMLP(model.tube_pixels, objective.feature_dim, objective.projection_hidden,
+                                           tubelet=model.tubelet, patch=model.patch)
         self.prototypes = Prototypes(objective.num_prototypes, self.video.decoder.head.out_features)
         self.loss = SwappedPredictionLoss(objective.num_prototypes, objective.temperature, objective.sinkhorn_eps,
                                           objective.sinkhorn_iterations, objective.hard_codes, objective.gather)
@@ -85,9 +111,51 @@ class SigmaModel(nn.Module):
             return self.loss(pred, target)
         self.prototypes.normalize_()
         target = self.projection(clips, masked_idx)
+        levers = bool(self.queues) or self.objective.freeze_prototypes > 0
         scores_video = self.prototypes(pred.flatten(0, 1), detach=True)
-        scores_proj = self.prototypes(target.flatten(0, 1))
-        return self.loss(scores_video, scores_proj)
+        scores_proj = self.prototypes(target.flatten(0, 1), frozen=levers and self._prototypes_frozen())
+        queued_video, queued_proj = self._queued_scores() if levers else (None, None)
+        out = self.loss(scores_video, scores_proj, queued_video, queued_proj)
+        out["codes_per_clip_video"] = codes_per_clip(out["codes_video"].view(pred.shape[:2]))
+        out["codes_per_clip_proj"] = codes_per_clip(out["codes_proj"].view(pred.shape[:2]))
+        if levers and self.training:
+            self._after_batch(pred, target)
+        return out
+
+    # The levers' bookkeeping is host-side (counters, a growing queue): kept out of torch.compile's graph so a
+    # compiled model does not recompile for every new counter value; the paper's defaults never call it.
+    @torch.compiler.disable
+    def _prototypes_frozen(self) -> bool:
+        return self.training and self.batches_seen < self.objective.freeze_prototypes
+
+    @torch.compiler.disable
+    def _queued_scores(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Each side's queued features scored against the current (detached) prototypes, once the queue started."""
+        if not self.queues or self.batches_seen < self.objective.queue_start:
+            return None, None
+        rows = [self.queues[side].features() for side in ("video", "proj")]
+        return tuple(None if r is None else self.prototypes(r, detach=True) for r in rows)
+
+    @torch.compiler.disable
+    def _after_batch(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.batches_seen += 1
+        for side, feats in (("video", pred), ("proj", target)):
+            if side in self.queues:
+                self.queues[side].push(nn.functional.normalize(feats.detach().flatten(0, 1).float(), dim=-1))
+
+    def get_extra_state(self) -> dict:
+        return {"batches_seen": self.batches_seen}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.batches_seen = int(state["batches_seen"])
+
+    def queue_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """This process's queues (tensors only), ``{}`` without a queue."""
+        return {side: q.state_dict() for side, q in self.queues.items()}
+
+    def load_queue_state_dict(self, state: dict[str, dict[str, torch.Tensor]], device: torch.device | str) -> None:
+        for side, q in self.queues.items():
+            q.load_state_dict(state.get(side, {}), device)
 
 
 def build_model(model: ModelConfig = ModelConfig(), objective: ObjectiveConfig = ObjectiveConfig()) -> SigmaModel:

@@ -5,6 +5,7 @@ Layout of one checkpoint directory (Ray merges the files every worker reports in
 - ``state.pt`` (rank 0): model, optimizer and GradScaler state dicts, ``step`` (optimizer steps done),
   ``epoch`` (schedule epoch), ``data_epoch`` and ``data_offset`` (where the data stream resumes), ``meta``.
 - ``rng_rank{r}.pt`` (every rank): its torch (CPU and CUDA), numpy and python RNG states.
+- ``queue_rank{r}.pt`` (every rank, SIGMA with ``objective.queue_length > 0``): that rank's feature queues.
 
 Checkpoint directories are named ``checkpoint_{step:08d}``, so the latest is the largest name; Ray's
 ``CheckpointConfig(num_to_keep=k)`` deletes all but the last k.
@@ -70,6 +71,10 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
+    inner = unwrap(model)
+    queues = inner.queue_state_dict() if hasattr(inner, "queue_state_dict") else {}
+    if queues:
+        torch.save(queues, directory / f"queue_rank{rank}.pt")
     if rank == 0:
         torch.save({
             "model": unwrap(model).state_dict(),
@@ -84,9 +89,11 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
 def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scaler: torch.amp.GradScaler | None = None, rank: int = 0,
                     map_location: str | torch.device = "cpu") -> TrainState:
-    """Restore model/optimizer/scaler (strict) and this rank's RNG state; returns the saved TrainState.
+    """Restore model/optimizer/scaler (strict) and this rank's RNG state and feature queues; returns the saved
+    TrainState.
 
-    A rank without its own RNG file (the world size changed) keeps its current RNG state.
+    A rank without its own RNG or queue file (the world size changed) keeps its current RNG state and starts
+    with empty queues.
     """
     directory = Path(directory)
     blob = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=False)
@@ -95,6 +102,10 @@ def load_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
         optimizer.load_state_dict(blob["optimizer"])
     if scaler is not None and blob.get("scaler") is not None:
         scaler.load_state_dict(blob["scaler"])
+    queue_file = directory / f"queue_rank{rank}.pt"
+    if queue_file.is_file() and hasattr(unwrap(model), "load_queue_state_dict"):
+        unwrap(model).load_queue_state_dict(torch.load(queue_file, map_location=map_location, weights_only=True),
+                                            map_location)
     rng_file = directory / f"rng_rank{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
