@@ -227,6 +227,9 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) 
     else:
         save_yaml(config, Path(run_dir) / "config.yaml")
 
+    # the run's name near the top of the driver's log (a Ray job's log in the dashboard)
+    print(f"[sigma-ray] run {config.name}: {total} steps on {config.train.num_workers} worker(s); run directory "
+          f"{run_dir}", flush=True)
     nonfinite = Path(run_dir) / NONFINITE_FILE
     if not _is_uri(run_dir):
         nonfinite.unlink(missing_ok=True)  # from an earlier attempt of this run
