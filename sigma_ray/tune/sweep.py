@@ -176,12 +176,13 @@ def run_trial(params: dict[str, Any], base: PretrainConfig, sweep: SweepConfig, 
     named by the Tune trial id, so a trial that starts over resumes its own pretraining run."""
     trial_id = tune.get_context().get_trial_id()
     config = trial_pretrain_config(base, params, sweep, name=trial_id,
-                                   storage_path=trial_run_dir(sweep.sweep_dir, trial_id).rsplit("/", 1)[0])
+                                   storage_path=f"{sweep.sweep_dir}/{TRIALS_DIR}")   # run dir: trial_run_dir
     pretrain(config, callbacks=[ScoreReportCallback(SCORE_METRIC)], probe=probe)
 
 
 def trial_run_dir(sweep_dir: str, trial_id: str) -> str:
-    """The pretraining run directory of Tune trial ``trial_id``: ``<sweep dir>/trials/<trial id>``."""
+    """The pretraining run directory of Tune trial ``trial_id``: ``<sweep dir>/trials/<trial id>`` (run_trial's
+    storage path and name)."""
     return f"{sweep_dir}/{TRIALS_DIR}/{trial_id}"
 
 
