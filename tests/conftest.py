@@ -81,12 +81,13 @@ class Chromium:
         return out.stdout
 
     def dom(self, url: str, expect: str, budget_ms: int = 10000, tries: int = 3) -> str:
-        """The rendered DOM of ``url`` once it contains ``expect`` (retried with a doubled budget: a loaded
-        machine may need longer than the budget's virtual time for the page's fetches)."""
+        """The rendered DOM of ``url`` once its visible text contains ``expect``, whitespace ignored (retried
+        with a doubled budget: a loaded machine may need longer than the budget's virtual time for the page's
+        fetches)."""
         html = ""
         for i in range(tries):
             html = self._run(url, "--dump-dom", budget_ms=budget_ms * 2 ** i)
-            if expect in html:
+            if "".join(expect.split()) in "".join(visible_text(html).split()):
                 return html
         raise AssertionError(f"{expect!r} never appeared in the rendered {url}:\n{visible_text(html)[:3000]}")
 

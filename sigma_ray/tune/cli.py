@@ -67,12 +67,16 @@ def _sweep(config) -> int:
 def main(argv: list[str] | None = None, prog: str = "sweep_prototypes") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.dashboard:
-        from sigma_ray.tune.dashboard import serve
+    run = (lambda c: _dashboard(c, args.host, args.port)) if args.dashboard else _sweep
+    return run_config_command(lambda: config_from_args(args), run, args.dry_run)
 
-        return run_config_command(lambda: config_from_args(args),
-                                  lambda c: serve(c.study_url, c.name, args.host, args.port), args.dry_run)
-    return run_config_command(lambda: config_from_args(args), _sweep, args.dry_run)
+
+def _dashboard(config, host: str, port: int) -> int:
+    """Serve the dashboard of ``config``'s sweep (a local sweep directory must hold a started sweep)."""
+    from sigma_ray.tune.dashboard import serve, sweep_study
+
+    url, name = (config.study_url, config.name) if "://" in config.sweep_dir else sweep_study(config.sweep_dir)
+    return serve(url, name, host, port)
 
 
 if __name__ == "__main__":
