@@ -101,23 +101,16 @@ def test_smoke_mode_makes_four_tiny_trials_under_their_own_name(capsys):
     assert printed["trial"] == {"steps": 4, "probe_every": 2}
 
 
-def test_the_script_with_no_arguments_is_the_local_sweep():
-    """``python experiments/sweep_prototypes.py`` from the repository root is the local sweep (shown with
-    --dry-run, which prints the resolved config and stops before Ray)."""
-    import subprocess
-    import sys
-
+def test_with_no_arguments_the_script_runs_the_local_sweep(capsys, monkeypatch):
+    """``python experiments/sweep_prototypes.py`` (its ``main``) from the repository root is the local sweep:
+    shown with --dry-run, which prints the resolved config and stops before Ray."""
     import yaml
 
-    def resolved(*args: str) -> dict:
-        out = subprocess.run([sys.executable, "experiments/sweep_prototypes.py", *args, "--dry-run"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return yaml.safe_load(out.stdout)
-
-    default = resolved()
-    assert default["name"] == "sweep_local"
-    assert default == resolved("--config", "experiments/configs/sweep_local.yaml")
+    monkeypatch.chdir(ROOT)
+    assert main(["--dry-run"]) == 0
+    default = yaml.safe_load(capsys.readouterr().out)
+    assert main(["--config", "experiments/configs/sweep_local.yaml", "--dry-run"]) == 0
+    assert default == yaml.safe_load(capsys.readouterr().out) and default["name"] == "sweep_local"
 
 
 def test_the_dashboard_finds_the_study_of_a_sweep_directory_or_says_it_holds_none(tmp_path, capsys):

@@ -283,7 +283,6 @@ def test_the_dashboard_renders_the_trials_their_parameters_scores_and_pruned_one
     cards = {int(c.split()[1]): c for c in re.split(r"(?=Trial \d+ \(trial_id=)", text)[1:]}
     assert sorted(cards) == sorted(t.number for t in trials)
     states = {optuna.trial.TrialState.COMPLETE: "Complete", optuna.trial.TrialState.PRUNED: "Pruned"}
-    assert "Pruned" in {states[t.state] for t in trials}   # ASHA stopped one (the ASHA test says which)
     for t in trials:
         card = cards[t.number]
         assert states[t.state] in card[:card.index("Value")]
