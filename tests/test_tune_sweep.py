@@ -269,7 +269,7 @@ def dashboard(interrupted_then_resumed):
     proc.wait(timeout=30)
 
 
-def test_the_dashboard_renders_the_trials_their_parameters_scores_and_pruned_ones(interrupted_then_resumed,
+def test_the_dashboard_renders_every_trial_with_its_state_parameters_scores_and_attributes(interrupted_then_resumed,
                                                                                   dashboard, chromium):
     """optuna-dashboard in headless Chromium, read from the rendered page: the study, then every trial with its
     state, parameters, intermediate probe scores and user attributes as the study holds them."""
