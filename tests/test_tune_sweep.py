@@ -269,8 +269,8 @@ def dashboard(interrupted_then_resumed):
     proc.wait(timeout=30)
 
 
-def test_the_dashboard_renders_every_trial_with_its_state_parameters_scores_and_attributes(interrupted_then_resumed,
-                                                                                  dashboard, chromium):
+def test_the_dashboard_renders_every_trial_with_its_state_parameters_scores_and_attributes(
+        interrupted_then_resumed, dashboard, chromium):
     """optuna-dashboard in headless Chromium, read from the rendered page: the study, then every trial with its
     state, parameters, intermediate probe scores and user attributes as the study holds them."""
     _, _, config, _ = interrupted_then_resumed
