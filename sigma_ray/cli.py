@@ -56,11 +56,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# Config-driven jobs: ``sigma-ray NAME ARGS`` is ``python experiments/SCRIPT ARGS``; each parses its own flags.
+# Commands with their own parsers: ``sigma-ray NAME ARGS`` runs the module's ``main(ARGS)`` (the jobs are also
+# ``python experiments/SCRIPT ARGS``).
 JOBS = {
     "pretrain": ("sigma_ray.train.cli", "SIGMA pretraining with Ray Train (experiments/pretrain.py)"),
     "eval": ("sigma_ray.eval.cli", "kNN / linear probe / fine-tune evaluation (experiments/evaluate.py)"),
     "sweep": ("sigma_ray.tune.cli", "Ray Tune + Optuna sweep (experiments/sweep_prototypes.py)"),
+    "dashboard": ("sigma_ray.tune.dashboard", "optuna-dashboard on a sweep's study: sigma-ray dashboard SWEEP_DIR"),
 }
 
 

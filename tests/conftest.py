@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared data folder beside the repository and one Ray session for the whole run."""
+"""Shared fixtures: the shared data folder beside the repository, one Ray session for the whole run, headless Chromium."""
 from pathlib import Path
 
 import pytest
@@ -53,3 +53,71 @@ def tiny_encoder():
 
     torch.manual_seed(0)
     return VideoEncoder(ModelConfig(size="tiny", num_frames=8, img_size=64)).eval()
+
+
+class Chromium:
+    """Headless Debian Chromium rendering pages served on this machine: the DOM after JavaScript ran
+    (``--dump-dom`` once a virtual-time budget is spent; network fetches pause virtual time) and screenshots.
+    Each call starts a fresh browser with an empty profile and every background connection off (the network is
+    closed here)."""
+
+    FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars")
+
+    def __init__(self, binary: str, tmp: Path):
+        self.binary, self.tmp = binary, tmp
+
+    def _run(self, url: str, *args: str, budget_ms: int) -> str:
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=self.tmp) as profile:
+            out = subprocess.run([self.binary, *self.FLAGS, f"--user-data-dir={profile}",
+                                  f"--virtual-time-budget={budget_ms}", *args, url],
+                                 capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            raise RuntimeError(f"chromium exited {out.returncode} on {url}: {out.stderr[-2000:]}")
+        return out.stdout
+
+    def dom(self, url: str, expect: str, budget_ms: int = 10000, tries: int = 3) -> str:
+        """The rendered DOM of ``url`` once its visible text contains ``expect``, whitespace ignored (retried
+        with a doubled budget: a loaded machine may need longer than the budget's virtual time for the page's
+        fetches)."""
+        html = ""
+        for i in range(tries):
+            html = self._run(url, "--dump-dom", budget_ms=budget_ms * 2 ** i)
+            if "".join(expect.split()) in "".join(visible_text(html).split()):
+                return html
+        raise AssertionError(f"{expect!r} never appeared in the rendered {url}:\n{visible_text(html)[:3000]}")
+
+    def text(self, url: str, expect: str, budget_ms: int = 10000) -> str:
+        """What a person reads on the rendered ``url`` (see :func:`visible_text`), once it shows ``expect``."""
+        return visible_text(self.dom(url, expect, budget_ms))
+
+    def screenshot(self, url: str, path: Path, width: int = 1280, height: int = 900,
+                   budget_ms: int = 10000) -> Path:
+        self._run(url, f"--screenshot={path}", f"--window-size={width},{height}", budget_ms=budget_ms)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"no PNG screenshot of {url}"
+        return path
+
+
+def visible_text(html: str) -> str:
+    """The text a person reads in a rendered DOM: tags, styles and scripts dropped, whitespace collapsed."""
+    import html as html_lib
+    import re
+
+    html = re.sub(r"<(style|script)\b.*?</\1>", " ", html, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html_lib.unescape(re.sub(r"<[^>]+>", " ", html))).strip()
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory) -> Chromium:
+    """Debian's headless Chromium (``make test`` installs the ``chromium`` package)."""
+    import shutil
+
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium not found: install Debian's chromium package "
+                    "(apt-get install chromium; `make test` does it)")
+    return Chromium(binary, tmp_path_factory.mktemp("chromium"))

@@ -1,4 +1,5 @@
-"""The job path: a real local head with the dashboard, `ray job submit` and JobSubmissionClient, /api/jobs/.
+"""The job path: a real local head with the dashboard, `ray job submit` and JobSubmissionClient, /api/jobs/, Ray
+Train's run state (/api/train/v2/runs/v1) and the job's dashboard page rendered in headless Chromium.
 
 The head runs as `ray start --head --block` in a subprocess, so stopping it stops only this cluster (`ray stop`
 would kill every Ray on the machine, including the test session's).
@@ -99,7 +100,7 @@ def check_run(run_dir: Path) -> None:
     assert (run_dir / "encoder.pt").is_file() and (run_dir / "config.yaml").is_file()
 
 
-def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_synthetic, tmp_path):
+def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_synthetic, tmp_path, chromium):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     # 1. `ray job submit`, exactly as the README says (it waits for the job and streams its logs)
@@ -131,6 +132,24 @@ def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_s
         jobs = {j["submission_id"]: j for j in json.load(r)}
     assert jobs["cli-job"]["status"] == jobs["client-job"]["status"] == "SUCCEEDED"
     assert "experiments/pretrain.py" in jobs["client-job"]["entrypoint"]
+
+    # 4. Ray Train's run state (pretrain turns its tracking on): each run by its name, finished, with its job
+    # and its one worker's log file; the progress lines are in the job's log
+    with urllib.request.urlopen(f"{head['url']}/api/train/v2/runs/v1", timeout=30) as r:
+        runs = {run["name"]: run for run in json.load(r)["train_runs"]}
+    for name, submission in (("via_cli", "cli-job"), ("via_client", "client-job")):
+        run = runs[name]
+        assert run["status"] == "FINISHED" and run["job_details"]["submission_id"] == submission
+        workers = run["attempts"][-1]["workers"]
+        assert [w["world_rank"] for w in workers] == [0] and workers[0]["log_file_path"]
+    assert "[sigma-ray] step 4/4 (100.0%)" in client.get_job_logs("cli-job")
+
+    # 5. the Ray dashboard's page of the finished job, rendered in headless Chromium: submission id, status,
+    # the entrypoint with the run's name and the driver's log naming the run
+    text = chromium.text(f"{head['url']}/#/jobs/cli-job", expect="Running entrypoint for job")
+    assert "Submission ID cli-job" in text and "SUCCEEDED" in text and "--name via_cli" in text
+    # the log viewer splits a line into highlighted tokens: compare without whitespace
+    assert "[sigma-ray]runvia_cli:4stepson1worker(s)" in "".join(text.split())
 
 
 def test_a_bad_config_fails_the_job_with_the_field_name(head, tmp_path):

@@ -101,6 +101,35 @@ def test_smoke_mode_makes_four_tiny_trials_under_their_own_name(capsys):
     assert printed["trial"] == {"steps": 4, "probe_every": 2}
 
 
+def test_with_no_arguments_the_script_runs_the_local_sweep(capsys, monkeypatch):
+    """``python experiments/sweep_prototypes.py`` (its ``main``) from the repository root is the local sweep:
+    shown with --dry-run, which prints the resolved config and stops before Ray."""
+    import yaml
+
+    monkeypatch.chdir(ROOT)
+    assert main(["--dry-run"]) == 0
+    default = yaml.safe_load(capsys.readouterr().out)
+    assert main(["--config", "experiments/configs/sweep_local.yaml", "--dry-run"]) == 0
+    assert default == yaml.safe_load(capsys.readouterr().out) and default["name"] == "sweep_local"
+
+
+def test_the_dashboard_finds_the_study_of_a_sweep_directory_or_says_it_holds_none(tmp_path, capsys):
+    from sigma_ray.config import save_yaml
+    from sigma_ray.tune.dashboard import main as dashboard_main, sweep_study
+    from sigma_ray.tune.sweep import SWEEP_FILE
+
+    local = sweep(name="s1", storage_path="somewhere/relative")
+    save_yaml(local, tmp_path / "s1" / SWEEP_FILE)
+    # the study file beside the saved config, wherever the sweep directory was moved or is reached from
+    assert sweep_study(tmp_path / "s1") == (f"sqlite:///{tmp_path / 's1' / 'study.db'}", "s1")
+    shared = sweep(name="s2", study_storage="postgresql://head/optuna")
+    save_yaml(shared, tmp_path / "s2" / SWEEP_FILE)
+    assert sweep_study(tmp_path / "s2") == ("postgresql://head/optuna", "s2")
+    assert dashboard_main([str(tmp_path)]) == 2
+    assert "holds no sweep (sweep_config.yaml is missing)" in capsys.readouterr().err
+    assert not (tmp_path / "study.db").exists()   # no empty study was created in the wrong place
+
+
 def test_resuming_a_sweep_directory_with_another_search_fails_before_ray(tmp_path):
     import ray
 

@@ -49,10 +49,21 @@ def test_importances_fall_back_to_rank_correlation_with_few_trials(study):
     assert "Spearman" in method and "3 scored trials" in method
     # scores 50, 40, 45 against num_prototypes 64, 32, 200 -> ranks (1, 0, 2) vs (2, 0, 1): rho = 0.5
     assert values["num_prototypes"] == pytest.approx(0.5)
+
+
+def test_importances_are_the_named_evaluators(study):
+    """With enough complete trials the importances are PED-ANOVA's, the evaluator the label names, and not
+    whatever Optuna's default evaluator is: the same values come from PedAnovaImportanceEvaluator directly."""
+    evaluator, name = report.importance_evaluator()
+    assert isinstance(evaluator, optuna.importance.PedAnovaImportanceEvaluator) and name == "PED-ANOVA"
     for i in range(4):
-        add(study, TrialState.COMPLETE, 16 + 20 * i, 0.05 + 0.05 * i, {4: 10.0 * i})
-    values, method = report.importances(study, report.trial_rows(study), ["num_prototypes", "temperature"])
-    assert "PED-ANOVA" in method and set(values) == {"num_prototypes", "temperature"}
+        add(study, TrialState.COMPLETE, 16 + 20 * i, (0.05, 0.25, 0.1, 0.2)[i], {4: 10.0 * i})
+    params = ["num_prototypes", "temperature"]
+    values, method = report.importances(study, report.trial_rows(study), params)
+    assert method == "Optuna importance (PED-ANOVA), 6 complete trials"
+    expected = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), params=params)
+    assert values == pytest.approx(dict(expected))
 
 
 def test_plots_are_pngs(study, tmp_path):

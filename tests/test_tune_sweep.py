@@ -1,5 +1,7 @@
 """A real sweep on the local Ray: tiny SIGMA trials (Ray Train V2 inside Tune trials), Optuna TPE on an SQLite
-study, ASHA early stopping, an interrupted driver resumed with ``Tuner.restore``, and the best config trained.
+study, ASHA early stopping, an interrupted driver resumed with ``Tuner.restore``, and the best config trained;
+then what a person watching it sees: the study the dashboard reads, optuna-dashboard rendered in headless
+Chromium, and the HParams data TensorBoard reads from Tune's event files.
 
 One sweep serves all tests (each trial costs a Train start-up): 4 trials, 2 at a time; the driver is interrupted
 once 2 trials have finished, then the same sweep runs again and finishes the other 2.
@@ -7,13 +9,19 @@ once 2 trials have finished, then the same sweep runs again and finishes the oth
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
 
 from sigma_ray.config import from_dict
-from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, SweepConfig
+from sigma_ray.tune.config import COLLAPSE_METRICS, RUN_DIR_ATTR, SCORE_METRIC, TUNE_ID_ATTR, SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "experiments" / "configs" / "local_tiny.yaml")
@@ -67,13 +75,56 @@ def sweep_config(data: dict, storage: Path) -> SweepConfig:
     })
 
 
+class StopAfterTrials(threading.Thread):
+    """Interrupt this process once ``n`` more trials have finished in the study, as Ctrl+C would (Tune handles
+    SIGUSR1 like SIGINT: it saves the experiment state and returns; trials still running are cut off)."""
+
+    def __init__(self, study_url: str, study_name: str, n: int):
+        super().__init__(daemon=True, name="sweep-stop-after-trials")
+        self.storage = optuna.storages.RDBStorage(study_url)
+        self.study_name, self.n = study_name, n
+        self.start_count = self.finished()
+        self.done = threading.Event()
+
+    def finished(self) -> int:
+        from sigma_ray.tune.sweep import FINISHED
+
+        try:
+            study_id = self.storage.get_study_id_from_name(self.study_name)
+        except KeyError:   # the sweep has not created its study yet
+            return 0
+        return sum(t.state in FINISHED for t in self.storage.get_all_trials(study_id, deepcopy=False))
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            if self.finished() - self.start_count >= self.n:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+
+
+def interrupt_after(config: SweepConfig, n: int):
+    """A ``fit`` for run_sweep that interrupts the driver once ``n`` trials finished (needs the main thread,
+    where Tune's signal handler lives)."""
+    assert threading.current_thread() is threading.main_thread()
+
+    def fit(tuner):
+        stopper = StopAfterTrials(config.study_url, config.name, n)
+        stopper.start()
+        try:
+            return tuner.fit()
+        finally:
+            stopper.done.set()
+            stopper.join()
+    return fit
+
+
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(ray_with_dashboard, sweep_data, tmp_path_factory):
     """(first result, second result, config, trial dir snapshots after the first run)."""
     from sigma_ray.tune.sweep import run_sweep
 
     config = sweep_config(sweep_data, tmp_path_factory.mktemp("sweeps"))
-    first = run_sweep(config, stop_after_trials=2)
+    first = run_sweep(config, fit=interrupt_after(config, 2))
     snapshot = {p.parent.name: p.read_text() for p in Path(config.sweep_dir, "trials").glob("*/metrics.jsonl")}
     second = run_sweep(config)
     return first, second, config, snapshot
@@ -147,3 +198,103 @@ def test_best_config_loads_and_trains_one_step(interrupted_then_resumed):
     assert cfg.objective.num_prototypes == best.params["num_prototypes"]
     result = pretrain(load_pretrain_config(second.best_config_path, ["train.max_steps=1"]))
     assert result.steps == 1 and Path(result.encoder_path).is_file()
+
+
+def probe_lines(run_dir: Path) -> dict[int, dict]:
+    """The trainer's own metrics.jsonl lines that carry a probe score, by step (a resumed run's later line wins)."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m for m in lines if SCORE_METRIC in m}
+
+
+def test_the_study_holds_each_trials_scores_run_directory_and_collapse_diagnostic(interrupted_then_resumed):
+    """What the dashboard shows comes from the study: compared here with each trial's own metrics.jsonl."""
+    _, _, config, _ = interrupted_then_resumed
+    for t in study_of(config).get_trials():
+        run_dir = Path(t.user_attrs[RUN_DIR_ATTR])
+        assert run_dir == Path(config.sweep_dir, "trials", t.user_attrs[TUNE_ID_ATTR])
+        probes = probe_lines(run_dir)
+        # every probe score at its optimizer step: all probes of a full trial, up to the rung of a stopped one
+        assert t.intermediate_values == {step: m[SCORE_METRIC] for step, m in probes.items()
+                                         if step <= max(t.intermediate_values)}
+        assert max(t.intermediate_values) == (4 if t.state == optuna.trial.TrialState.COMPLETE else 2)
+        last = probes[max(t.intermediate_values)]
+        shown = {k: t.user_attrs[k] for k in COLLAPSE_METRICS if k in t.user_attrs}
+        assert {"perplexity_video", "perplexity_proj"} <= set(shown)
+        assert shown == {k: last[k] for k in COLLAPSE_METRICS if k in last}
+
+
+def test_tensorboard_hparams_lists_the_swept_parameters_and_the_probe_score(interrupted_then_resumed):
+    """TensorBoard's own reader and hparams plugin over Tune's event files: one HParams session per trial, with
+    the three swept parameters at the study's values and the probe score as a metric with the trial's last
+    score in its scalar series."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.util import tensor_util
+
+    _, _, config, _ = interrupted_then_resumed
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(config.sweep_dir)
+    mux.Reload()
+    hparams = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    sessions = {run: tags for run, tags in hparams.items() if metadata.SESSION_START_INFO_TAG in tags}
+    trials = {t.user_attrs[TUNE_ID_ATTR]: t for t in study_of(config).get_trials()}
+    assert len(sessions) == len(trials) == 4
+    swept = {"num_prototypes", "temperature", "sinkhorn_iterations"}
+    metric_tag = f"ray/tune/{SCORE_METRIC}"
+    for run, tags in sessions.items():
+        experiment = metadata.parse_experiment_plugin_data(tags[metadata.EXPERIMENT_TAG])
+        assert {h.name for h in experiment.hparam_infos} == swept
+        assert metric_tag in {m.name.tag for m in experiment.metric_infos}
+        start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+        trial = trials[run.split("_")[2]]   # run_trial_<tune id>_<n>_<params>_<time>
+        assert {k: v.number_value for k, v in start.hparams.items()} == pytest.approx(trial.params)
+        scores = [tensor_util.make_ndarray(e.tensor_proto).item() for e in mux.Tensors(run, metric_tag)]
+        assert scores[-1] == pytest.approx(trial.intermediate_values[max(trial.intermediate_values)], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def dashboard(interrupted_then_resumed):
+    """``sigma-ray dashboard SWEEP_DIR --port 0`` as a user starts it; yields its address."""
+    _, _, config, _ = interrupted_then_resumed
+    proc = subprocess.Popen([sys.executable, "-m", "sigma_ray.cli", "dashboard", config.sweep_dir, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()   # "[sigma-ray] optuna-dashboard of study ... at http://127.0.0.1:PORT/dashboard/"
+    if "http://" not in line:
+        proc.kill()
+        pytest.fail(f"the dashboard did not start: {line}{proc.stderr.read()[-3000:]}")
+    url = line.split(" at ")[1].split()[0]
+    assert url.startswith("http://127.0.0.1:")   # loopback unless --host says otherwise
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_the_dashboard_renders_every_trial_with_its_state_parameters_scores_and_attributes(
+        interrupted_then_resumed, dashboard, chromium):
+    """optuna-dashboard in headless Chromium, read from the rendered page: the study, then every trial with its
+    state, parameters, intermediate probe scores and user attributes as the study holds them."""
+    _, _, config, _ = interrupted_then_resumed
+    home = chromium.dom(dashboard, expect=config.name)
+    study_path = next(h for h in home.split('href="')[1:] if h.startswith("/dashboard/studies/")).split('"')[0]
+    trials = study_of(config).get_trials()
+    numbers = ",".join(str(t.number) for t in trials)
+    text = chromium.text(f"{dashboard.split('/dashboard/')[0]}{study_path}/trials?numbers={numbers}",
+                         expect="User Attributes")
+    cards = {int(c.split()[1]): c for c in re.split(r"(?=Trial \d+ \(trial_id=)", text)[1:]}
+    assert sorted(cards) == sorted(t.number for t in trials)
+    states = {optuna.trial.TrialState.COMPLETE: "Complete", optuna.trial.TrialState.PRUNED: "Pruned"}
+    for t in trials:
+        card = cards[t.number]
+        assert states[t.state] in card[:card.index("Value")]
+        scores = card[card.index("Intermediate Values"):card.index("Parameter")].split()[2:]
+        assert scores == [js_number(x) for step, v in sorted(t.intermediate_values.items()) for x in (step, v)]
+        params = card[card.index("Parameter"):card.index("Started At")]
+        for name, value in t.params.items():
+            assert f"{name} {js_number(value)}" in params, (name, value, params)
+        attrs = card[card.index("User Attributes"):]
+        assert f"{RUN_DIR_ATTR} {t.user_attrs[RUN_DIR_ATTR]}" in attrs and t.user_attrs[TUNE_ID_ATTR] in attrs
+
+
+def js_number(x: float) -> str:
+    """``x`` as JavaScript prints a number (shortest round-trip digits, like Python's repr; no ``.0``)."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))

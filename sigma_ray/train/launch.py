@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) 
     than ``train.max_failures`` times.
     """
     import ray.train
+    from ray.train.constants import RAY_TRAIN_ENABLE_STATE_TRACKING
     from ray.train.torch import TorchTrainer
 
     from sigma_ray.data.pipeline import ClipPipeline
@@ -208,6 +210,9 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) 
                           "weights of the frozen image teacher (e.g. DINO ViT-B/16)")
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
+    # Ray Train records the run (its name, status, attempts, workers and their log files) for the dashboard's
+    # Train API only with this set, read when the trainer is built; RAY_TRAIN_ENABLE_STATE_TRACKING=0 opts out.
+    os.environ.setdefault(RAY_TRAIN_ENABLE_STATE_TRACKING, "1")
     pipeline = ClipPipeline(config.data, "train")
     num_videos = len(pipeline.records)
     spe, total = run_length(config, num_videos)
@@ -222,6 +227,9 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) 
     else:
         save_yaml(config, Path(run_dir) / "config.yaml")
 
+    # the run's name near the top of the driver's log (a Ray job's log in the dashboard)
+    print(f"[sigma-ray] run {config.name}: {total} steps on {config.train.num_workers} worker(s); run directory "
+          f"{run_dir}", flush=True)
     nonfinite = Path(run_dir) / NONFINITE_FILE
     if not _is_uri(run_dir):
         nonfinite.unlink(missing_ok=True)  # from an earlier attempt of this run

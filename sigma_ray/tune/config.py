@@ -19,6 +19,11 @@ from sigma_ray.train.config import PretrainConfig
 STUDY_FILE = "study.db"
 SCORE_METRIC = "knn_top1"          # the kNN probe's top-1 accuracy on the val split, percent; maximized
 TUNE_ID_ATTR = "tune_trial_id"     # Optuna user attribute linking a study trial to its Tune trial
+RUN_DIR_ATTR = "run_dir"           # Optuna user attribute: the trial's pretraining run directory
+# The trainer's collapse diagnostic, kept as Optuna user attributes at every probe (the last probe's survive):
+# prototype-usage perplexity of each side's hard codes (1 = collapse) and, when the trainer reports them, the
+# distinct codes per clip.
+COLLAPSE_METRICS = ("perplexity_video", "perplexity_proj", "codes_per_clip_video", "codes_per_clip_proj")
 
 
 def _check_interval(low: float, high: float, log: bool) -> None:

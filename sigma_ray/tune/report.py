@@ -26,7 +26,7 @@ from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, SweepConfig, apply
 
 BEST_CONFIG = "best_config.yaml"
 SUMMARY_CSV = "summary.csv"
-MIN_TRIALS_FOR_PED_ANOVA = 4      # fewer finished trials: importances fall back to rank correlation
+MIN_TRIALS_FOR_IMPORTANCE = 4     # fewer complete trials: importances fall back to rank correlation
 
 _STATES = {
     optuna.trial.TrialState.COMPLETE: "complete",
@@ -142,18 +142,26 @@ def write_best_config(report: SweepReport, path: Path) -> Path | None:
     return path
 
 
+def importance_evaluator() -> tuple[optuna.importance.BaseImportanceEvaluator, str]:
+    """The evaluator of Optuna's parameter importances and its name for the plot: PED-ANOVA (made for few
+    trials; it needs no model fit), passed explicitly so the label cannot drift from Optuna's default."""
+    return optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
+
+
 def importances(study: optuna.Study, rows: list[TrialRow], params: list[str]) -> tuple[dict[str, float], str]:
-    """Parameter importances and how they were computed: Optuna's (PED-ANOVA) over the complete trials when there
-    are at least MIN_TRIALS_FOR_PED_ANOVA of them, else |Spearman rank correlation| of each parameter with the
-    score over every scored trial (early-stopped ones at their last score); ({}, reason) with under 3."""
+    """Parameter importances and how they were computed: :func:`importance_evaluator`'s over the complete trials
+    when there are at least MIN_TRIALS_FOR_IMPORTANCE of them, else |Spearman rank correlation| of each parameter
+    with the score over every scored trial (early-stopped ones at their last score); ({}, reason) with under 3."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) >= MIN_TRIALS_FOR_PED_ANOVA:
+    if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE:
+        evaluator, name = importance_evaluator()
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                values = optuna.importance.get_param_importances(study, params=params)
-            if not any("too small" in str(w.message) for w in caught):
-                return dict(values), f"Optuna importance (PED-ANOVA), {len(complete)} complete trials"
+                values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
+            # PED-ANOVA warns and returns equal importances when its quantiles cannot tell trials apart
+            if not any("importances will be equal" in str(w.message) for w in caught):
+                return dict(values), f"Optuna importance ({name}), {len(complete)} complete trials"
         except (ValueError, RuntimeError):   # e.g. a parameter missing from some trials: use the fallback
             pass
     scored = [r for r in rows if r.score is not None and all(p in r.params for p in params)]

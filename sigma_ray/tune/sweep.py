@@ -21,12 +21,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import ray
@@ -39,7 +37,9 @@ from sigma_ray.config import ConfigError, save_yaml, to_dict
 from sigma_ray.eval.knn import KnnProbe
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.launch import check_cluster, ensure_synthetic, pretrain, resolve_paths, run_length
-from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, IntRange, SweepConfig, trial_pretrain_config
+from sigma_ray.tune import internals
+from sigma_ray.tune.config import (COLLAPSE_METRICS, RUN_DIR_ATTR, SCORE_METRIC, TUNE_ID_ATTR, IntRange,
+                                   SweepConfig, trial_pretrain_config)
 from sigma_ray.tune.report import SweepReport, TrialRow, write_report
 
 log = logging.getLogger("sigma_ray.tune")
@@ -89,17 +89,8 @@ def optuna_space(config: SweepConfig) -> dict[str, optuna.distributions.BaseDist
     return space
 
 
-def study_trials(storage: optuna.storages.BaseStorage, study_name: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, or [] when it does not exist yet."""
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return []
-    return storage.get_all_trials(study_id, deepcopy=False)
-
-
 class SweepSearch(OptunaSearch):
-    """Ray's OptunaSearch on a persistent study, with three changes:
+    """Ray's OptunaSearch on a persistent study, with these changes:
 
     - intermediate scores are reported to Optuna at the optimizer step (not Tune's iteration count, which restarts
       when a cut-off trial resumes);
@@ -107,11 +98,14 @@ class SweepSearch(OptunaSearch):
       does not take a short run's score as final;
     - at the start and on restore (``Tuner.restore``) the sampler is re-seeded with ``seed + trials so far``, and
       trials the study holds as running but Tune's state does not know (lost with a crashed driver) are marked
-      failed.
-    Each study trial records its Tune trial id in the user attribute ``tune_trial_id``.
+      failed;
+    - each study trial records user attributes for the dashboard: its Tune trial id (``tune_trial_id``), its
+      pretraining run directory (``run_dir``) and, at every probe, the trainer's collapse diagnostic
+      (:data:`COLLAPSE_METRICS` present in the result), so the last values are those of the trial's last probe.
     """
 
     def __init__(self, config: SweepConfig, total_steps: int):
+        self._sweep_dir = config.sweep_dir
         self._base_seed = config.seed
         self._total_steps = total_steps
         self._reported_steps: dict[str, set[int]] = {}
@@ -121,33 +115,42 @@ class SweepSearch(OptunaSearch):
 
     def _continue_study(self) -> None:
         """Re-seed the sampler past the trials already in the study; fail running trials nobody owns."""
-        study = self._ot_study
+        study = internals.optuna_study(self)
         study.sampler = make_sampler(self._base_seed + len(study.get_trials(deepcopy=False)))
-        fail_orphans(study, known={t.number for t in self._ot_trials.values()})
+        fail_orphans(study, known=internals.optuna_trial_numbers(self))
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr(TUNE_ID_ATTR, trial_id)
+        ot_trial = internals.optuna_trial(self, trial_id)
+        ot_trial.set_user_attr(TUNE_ID_ATTR, trial_id)
+        ot_trial.set_user_attr(RUN_DIR_ATTR, trial_run_dir(self._sweep_dir, trial_id))
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._completed_trials and self.metric in result:
+        if not internals.is_completed(self, trial_id) and self.metric in result:
             self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict) -> None:
-        """The result's score as the Optuna trial's intermediate value at its step (once per step)."""
+        """The result's score as the Optuna trial's intermediate value at its step (once per step), and its
+        collapse diagnostic as user attributes."""
         step = int(result["step"])
+        ot_trial = internals.optuna_trial(self, trial_id)
         if step not in self._reported_steps.setdefault(trial_id, set()):
-            self._ot_trials[trial_id].report(float(result[self.metric]), step)
+            ot_trial.report(float(result[self.metric]), step)
             self._reported_steps[trial_id].add(step)
+        for key in COLLAPSE_METRICS:
+            if key in result:
+                ot_trial.set_user_attr(key, float(result[key]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._completed_trials and result is not None and not error and self.metric in result:
+        if not internals.is_completed(self, trial_id) and result is not None and not error \
+                and self.metric in result:
             # Tune hands a result that ends a trial (an ASHA stop) to on_trial_complete only: record it first
             self._report(trial_id, result)
             if int(result["step"]) < self._total_steps:
-                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-                self._completed_trials.add(trial_id)
+                internals.optuna_study(self).tell(internals.optuna_trial(self, trial_id),
+                                                  state=optuna.trial.TrialState.PRUNED)
+                internals.mark_completed(self, trial_id)
                 return
         super().on_trial_complete(trial_id, result, error)
 
@@ -173,31 +176,14 @@ def run_trial(params: dict[str, Any], base: PretrainConfig, sweep: SweepConfig, 
     named by the Tune trial id, so a trial that starts over resumes its own pretraining run."""
     trial_id = tune.get_context().get_trial_id()
     config = trial_pretrain_config(base, params, sweep, name=trial_id,
-                                   storage_path=f"{sweep.sweep_dir}/{TRIALS_DIR}")
+                                   storage_path=f"{sweep.sweep_dir}/{TRIALS_DIR}")   # run dir: trial_run_dir
     pretrain(config, callbacks=[ScoreReportCallback(SCORE_METRIC)], probe=probe)
 
 
-class _StopAfterTrials(threading.Thread):
-    """TEST HOOK: interrupt the driver once ``n`` more trials have finished in the study, as Ctrl+C would (Tune
-    handles SIGUSR1 like SIGINT: it saves the experiment state and returns; trials still running are cut off)."""
-
-    def __init__(self, study_url: str, study_name: str, n: int):
-        super().__init__(daemon=True, name="sweep-stop-after-trials")
-        self.storage = optuna.storages.RDBStorage(study_url)
-        self.study_name, self.n = study_name, n
-        self.start_count = self.finished()
-        self.done = threading.Event()
-        self.fired = False
-
-    def finished(self) -> int:
-        return sum(t.state in FINISHED for t in study_trials(self.storage, self.study_name))
-
-    def run(self) -> None:
-        while not self.done.wait(0.5):
-            if self.finished() - self.start_count >= self.n:
-                self.fired = True
-                os.kill(os.getpid(), signal.SIGUSR1)
-                return
+def trial_run_dir(sweep_dir: str, trial_id: str) -> str:
+    """The pretraining run directory of Tune trial ``trial_id``: ``<sweep dir>/trials/<trial id>`` (run_trial's
+    storage path and name)."""
+    return f"{sweep_dir}/{TRIALS_DIR}/{trial_id}"
 
 
 def _check_resume(config: SweepConfig) -> None:
@@ -258,14 +244,12 @@ def write_list(records: list, path: Path) -> str:
     return str(path)
 
 
-def run_sweep(config: SweepConfig, stop_after_trials: int | None = None) -> SweepResult:
+def run_sweep(config: SweepConfig, fit: Callable[[tune.Tuner], Any] = tune.Tuner.fit) -> SweepResult:
     """Run the sweep ``config``, or resume it when its directory holds an interrupted one; write the report.
 
-    ``stop_after_trials`` is a TEST HOOK: interrupt the driver (as Ctrl+C would) once that many trials finished
-    in this call; needs the main thread. Raises ConfigError before Ray starts for a config that cannot run.
+    ``fit(tuner)`` runs the prepared Tuner and returns its ResultGrid (a seam for tests, which interrupt the
+    driver from there). Raises ConfigError before Ray starts for a config that cannot run.
     """
-    if stop_after_trials is not None and threading.current_thread() is not threading.main_thread():
-        raise ValueError("stop_after_trials needs the main thread (Tune's signal handler lives there)")
     config.validate()
     base, total_steps, probe = prepare(config)
     sweep_dir = config.sweep_dir
@@ -285,17 +269,7 @@ def run_sweep(config: SweepConfig, stop_after_trials: int | None = None) -> Swee
         tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(trainable, tune_config=_tune_config(config, total_steps), run_config=_run_config(config))
-
-    stopper = None
-    if stop_after_trials is not None:
-        stopper = _StopAfterTrials(config.study_url, config.name, stop_after_trials)
-        stopper.start()
-    try:
-        grid = tuner.fit()
-    finally:
-        if stopper is not None:
-            stopper.done.set()
-            stopper.join()
+    grid = fit(tuner)
 
     study = optuna.load_study(study_name=config.name, storage=config.study_url)
     finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) >= config.num_samples
@@ -318,9 +292,8 @@ class SweepASHA(ASHAScheduler):
         study = optuna.load_study(study_name=self._study_name, storage=self._study_url)
         scores = next((t.intermediate_values for t in study.get_trials(deepcopy=False)
                        if t.user_attrs.get(TUNE_ID_ATTR) == trial.trial_id), {})
-        bracket = self._trial_info[trial.trial_id]   # ASHA's bookkeeping of this trial's bracket
         for step, score in sorted(scores.items()):
-            bracket.on_result(trial, step, self._metric_op * score)   # records; a decision was taken back then
+            internals.asha_record(self, trial, step, score)   # records; a decision was taken back then
 
 
 def _tune_config(config: SweepConfig, total_steps: int) -> tune.TuneConfig:
