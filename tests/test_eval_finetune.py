@@ -47,7 +47,7 @@ def test_layer_decay_groups(encoder):
 
 def test_with_drop_path_copies_weights(encoder):
     copy = with_drop_path(encoder, 0.1)
-    rates = [b.drop_path.drop_prob if isinstance(b.drop_path, DropPath) else 0.0 for b in copy.blocks]
+    rates = [b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0 for b in copy.blocks]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), copy.state_dict().values()))
     assert encoder.config.drop_path == 0.0        # the original is untouched
