@@ -293,9 +293,11 @@ def _detect(state: dict[str, torch.Tensor], source: str) -> tuple[Format, str]:
                              f"(no patch embedding key); first keys: {', '.join(list(state)[:6])}")
 
 
-def _objective(state: dict[str, torch.Tensor], fmt: Format, tube_pixels: int, source: str) -> ObjectiveConfig:
-    """What a pretraining checkpoint's decoder predicts: prototype codes of the tube MLP (SIGMA-MLP) or of a frozen
-    teacher (SIGMA-DINO), or normalized pixels (VideoMAE)."""
+def _objective(state: dict[str, torch.Tensor], tube_pixels: int, source: str) -> ObjectiveConfig:
+    """What a release pretraining checkpoint's decoder predicts: prototype codes of the tube MLP (SIGMA-MLP) or of a
+    frozen teacher (SIGMA-DINO), or normalized pixels (VideoMAE)."""
+    if "decoder.head.weight" not in state:
+        raise ReleaseFormatError(f"{source}: missing keys: decoder.head.weight")
     out_dim = state["decoder.head.weight"].shape[0]
     if "prototypes" not in state:
         if out_dim != tube_pixels:
@@ -376,9 +378,10 @@ def read_released(src: str | Path, num_frames: int | None = None, img_size: int 
     frames = _setting("num_frames", hf.get("num_frames", args.get("num_frames")), num_frames, where, 16, source)
     image = _setting("img_size", image if image is not None else args.get("input_size"), img_size, where, 224, source)
     final_norm = (f"{ext}norm.weight" if fmt == "release" else f"{ext}layernorm.weight") in state
+    default_eps = 1e-6 if fmt == "release" else 1e-12    # the release's, and transformers' VideoMAEConfig default
     try:
         config = ModelConfig(size=size, num_frames=int(frames), img_size=int(image), tubelet=tubelet, patch=patch,
-                             pos_embed="sinusoid_1d", norm_eps=float(hf.get("layer_norm_eps", 1e-6)),
+                             pos_embed="sinusoid_1d", norm_eps=float(hf.get("layer_norm_eps", default_eps)),
                              final_norm=final_norm)
         config.validate()
     except ValueError as e:
@@ -406,7 +409,7 @@ def read_released(src: str | Path, num_frames: int | None = None, img_size: int 
 
 def _read_pretraining(state: dict[str, torch.Tensor], fmt: Format, config: ModelConfig, hf_bias_v4: bool,
                       source_desc: str, source: str) -> Released:
-    objective = _objective(state, fmt, config.tube_pixels, source) if fmt == "release" else \
+    objective = _objective(state, config.tube_pixels, source) if fmt == "release" else \
         ObjectiveConfig(kind="videomae")
     mapped = apply_rules(pretraining_rules(fmt, config, objective, hf_bias_v4), state, source_desc)
     # The SigmaModel's parts without the model around them: SIGMA-DINO's teacher would need its weights file.
