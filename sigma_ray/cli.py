@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _step_demo(args: argparse.Namespace) -> int:
@@ -56,6 +57,76 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_overrides(released, model_file: Path) -> list[str]:
+    """``section.field=value`` overrides (YAML values) that make a pretraining config fit an imported model.pt."""
+    import dataclasses
+
+    import yaml
+
+    from sigma_ray.model.vit import ModelConfig
+
+    def item(key: str, value) -> str:
+        return f"{key}={yaml.safe_dump(value).splitlines()[0]}"
+
+    c, o = released.model_config, released.objective
+    sets = [item(f"model.{f.name}", getattr(c, f.name)) for f in dataclasses.fields(ModelConfig)
+            if f.name != "drop_path"]
+    sets.append(item("objective.kind", o.kind))
+    if o.kind != "videomae":
+        sets.append(item("objective.num_prototypes", o.num_prototypes))
+    if o.kind == "sigma_mlp":
+        sets.append(item("objective.feature_dim", o.feature_dim))
+    if o.kind == "sigma_dino":
+        sets += [item("objective.teacher_model", o.teacher_model), "objective.teacher_checkpoint=TEACHER_FILE"]
+    return sets + [item("train.init_from", str(model_file))]
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Released weights (the SIGMA/VideoMAE release or transformers' VideoMAE) -> encoder.pt (+ model.pt)."""
+    from sigma_ray.model.release import ReleaseFormatError, import_released
+
+    try:
+        released, written = import_released(args.src, args.out, args.num_frames, args.img_size)
+    except (ReleaseFormatError, FileNotFoundError) as e:
+        print(f"sigma-ray import: {e}", file=sys.stderr)
+        return 1
+    c = released.model_config
+    layout = "the SIGMA/VideoMAE release" if released.source_format == "release" else "transformers' VideoMAE"
+    print(f"{released.source}: a {released.kind} checkpoint in {layout}'s layout: model.size={c.size}, "
+          f"{c.num_frames} frames x {c.img_size} px, tubelet {c.tubelet}, patch {c.patch}, norm_eps {c.norm_eps:g}, "
+          f"final_norm {c.final_norm}" + (f", objective.kind={released.objective.kind}" if released.objective else "")
+          + (f", a {released.classifier_head['head.weight'].shape[0]}-class head" if released.classifier_head
+             is not None else ""))
+    print(f"wrote {written['encoder']}: sigma-ray eval --config CONFIG --encoder {written['encoder']}  "
+          f"(data.num_frames={c.num_frames}, data.input_size={c.img_size})")
+    if "model" in written:
+        print(f"wrote {written['model']}: sigma-ray pretrain --config CONFIG "
+              + " ".join(f"--set {x}" for x in _init_overrides(released, written["model"])))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """An encoder (encoder.pt, run or checkpoint directory) -> transformers' VideoMAEModel or the release layout."""
+    from sigma_ray.eval.run import load_any_encoder
+    from sigma_ray.model.release import ReleaseFormatError, export_release, export_transformers
+
+    try:
+        encoder, source = load_any_encoder(args.encoder)
+        if args.format == "transformers":
+            out = export_transformers(encoder, args.out)
+            print(f"wrote {out}/config.json and model.safetensors from {source}: "
+                  f"transformers.VideoMAEModel.from_pretrained({str(out)!r})")
+        else:
+            out = export_release(encoder, Path(args.out) / "checkpoint.pth")
+            print(f"wrote {out} from {source}: the SIGMA/VideoMAE code base fine-tunes from it (--finetune)")
+    except (ReleaseFormatError, FileNotFoundError) as e:
+        print(f"sigma-ray export: {e}", file=sys.stderr)
+        return 1
+    if getattr(encoder, "classifier_head", None) is not None:
+        print("note: the classifier head stored with this encoder is not exported (the encoder alone is)")
+    return 0
+
+
 # Commands with their own parsers: ``sigma-ray NAME ARGS`` runs the module's ``main(ARGS)`` (the jobs are also
 # ``python experiments/SCRIPT ARGS``).
 JOBS = {
@@ -100,6 +171,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--camera", action="store_true", help="classes = camera pan directions (default: object motion)")
     p.set_defaults(func=_make_synthetic)
+
+    p = sub.add_parser("import", help="released SIGMA/VideoMAE or transformers VideoMAE weights -> sigma-ray files",
+                       description="Read a checkpoint of the SIGMA/VideoMAE release (.pth: pretraining or fine-tuned) "
+                                   "or of transformers' VideoMAE (a model directory, .safetensors or .bin; weights "
+                                   "only) and write OUT/encoder.pt (eval, fine-tuning) and, for pretraining "
+                                   "checkpoints, OUT/model.pt (train.init_from). Refuses what it cannot map exactly.")
+    p.add_argument("src", help="checkpoint file, or a transformers model directory (config.json + weights)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames per clip when the checkpoint does not say (default 16)")
+    p.add_argument("--img-size", type=int, default=None, help="frame size when the checkpoint does not say (224)")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("export", help="a sigma-ray encoder -> transformers' VideoMAEModel (or the release layout)")
+    p.add_argument("encoder", help="encoder.pt, run directory or checkpoint directory")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--format", choices=("transformers", "release"), default="transformers",
+                   help="transformers: config.json + model.safetensors for VideoMAEModel.from_pretrained; "
+                        "release: checkpoint.pth for the SIGMA/VideoMAE code base")
+    p.set_defaults(func=_export)
 
     # the prepare options live beside the job (sigma_ray/data/prepare.py); importing them loads av, not Ray
     from sigma_ray.data.prepare import add_arguments as prepare_arguments, run_prepare

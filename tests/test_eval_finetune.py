@@ -47,7 +47,7 @@ def test_layer_decay_groups(encoder):
 
 def test_with_drop_path_copies_weights(encoder):
     copy = with_drop_path(encoder, 0.1)
-    rates = [b.drop_path.drop_prob if isinstance(b.drop_path, DropPath) else 0.0 for b in copy.blocks]
+    rates = [b.drop_path1.drop_prob if isinstance(b.drop_path1, DropPath) else 0.0 for b in copy.blocks]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), copy.state_dict().values()))
     assert encoder.config.drop_path == 0.0        # the original is untouched
@@ -88,3 +88,16 @@ def test_finetune_few_steps_multi_view(encoder, tiny_synthetic):
     assert len(out["predictions"]) == len(out["targets"]) == 4      # one prediction per video, 6 views each
     assert 0.0 <= out["finetune_top1"] <= out["finetune_top5"] <= 100.0
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())   # fine-tuned a copy
+
+
+def test_finetune_starts_from_an_imported_classifier_head(encoder, tiny_synthetic):
+    # an imported fine-tuned classifier whose head says "class 2" for everything: kept when the class count fits
+    data = DataConfig(root=tiny_synthetic["root"], train_list=tiny_synthetic["train"],
+                      val_list=tiny_synthetic["val"], num_classes=4, num_frames=8, sampling_rate=2, input_size=64,
+                      decode_short_side=64, batch_size=4)
+    imported = with_drop_path(encoder, 0.0)
+    dim = encoder.embed_dim
+    imported.classifier_head = {"fc_norm.weight": torch.ones(dim), "fc_norm.bias": torch.zeros(dim),
+                                "head.weight": torch.zeros(4, dim), "head.bias": torch.tensor([0.0, 0.0, 50.0, 0.0])}
+    config = FinetuneConfig(epochs=1, warmup_epochs=0, steps_per_epoch=1, base_lr=1e-9, test_split="test")
+    assert finetune(imported, config, data, num_classes=4, seed=0)["predictions"] == [2, 2, 2, 2]

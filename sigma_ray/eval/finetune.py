@@ -53,6 +53,12 @@ class VideoClassifier(nn.Module):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.head(self.fc_norm(self.encoder.forward_features(clips).mean(dim=1)))
 
+    def load_head(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a fine-tuned classifier's ``fc_norm.*`` and ``head.*`` tensors (strict: all four, same
+        shapes)."""
+        self.fc_norm.load_state_dict({k[len("fc_norm."):]: v for k, v in state.items() if k.startswith("fc_norm.")})
+        self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+
 
 def with_drop_path(encoder: VideoEncoder, rate: float) -> VideoEncoder:
     """A copy of ``encoder`` (same weights, same device) built with stochastic depth ``rate`` (linearly rising
@@ -220,6 +226,11 @@ def finetune(encoder: VideoEncoder, config: FinetuneConfig, data: DataConfig, nu
                  "bf16": torch.bfloat16}[config.precision]
 
     model = VideoClassifier(with_drop_path(encoder, config.drop_path), num_classes, config.head_init_scale)
+    imported = getattr(encoder, "classifier_head", None)
+    if imported is not None and imported["head.weight"].shape[0] == num_classes:
+        # an imported fine-tuned classifier: like the release, keep its head when the class count fits
+        model.load_head(imported)
+        log(f"starting from the encoder's {num_classes}-class classifier head")
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.layer_decay), lr=lr,
                                   betas=config.betas)

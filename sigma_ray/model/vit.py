@@ -7,11 +7,12 @@ visible and masked tokens are gathered with index tensors (no boolean indexing, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from sigma_ray.config import check_choice, check_range
@@ -52,6 +53,10 @@ class ModelConfig:
     VideoMAE) over the flattened token index; released weights only give their features with it. ``sincos_3d``
     encodes time, height and width separately, so a position keeps its meaning when the grid changes (another
     clip length or frame size at evaluation); use it for models trained and evaluated here on varying grids.
+
+    ``norm_eps`` is every LayerNorm's epsilon (the releases use 1e-6; ``transformers``' VideoMAE configs say
+    1e-12). ``final_norm = False`` drops the encoder's last LayerNorm: VideoMAE's fine-tuned classifiers have none
+    (their ``fc_norm`` after mean pooling takes its place), so their encoders are represented exactly.
     """
 
     size: str = "base"
@@ -61,6 +66,8 @@ class ModelConfig:
     patch: int = 16
     drop_path: float = 0.0
     pos_embed: PosEmbedKind = "sinusoid_1d"
+    norm_eps: float = 1e-6
+    final_norm: bool = True
 
     def validate(self) -> None:
         check_choice("size", self.size, VIT_SIZES)
@@ -68,6 +75,7 @@ class ModelConfig:
         check_range("tubelet", self.tubelet, 1)
         check_range("patch", self.patch, 1)
         check_range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
+        check_range("norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)
         token_grid(self.num_frames, self.img_size, self.img_size, self.tubelet, self.patch)
 
     @property
@@ -121,38 +129,13 @@ def sincos_pos_embed_3d(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
     return torch.cat([et, eh, ew], dim=-1).reshape(t * h * w, dim).float()
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels)."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block (LayerNorm eps 1e-6, GELU MLP, optional stochastic depth)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+def make_block(dim: int, num_heads: int, mlp_ratio: float, drop_path: float = 0.0, norm_eps: float = 1e-6
+               ) -> Block:
+    """timm's pre-norm ViT block (as MAE and VideoMAE use): fused qkv with bias, SDPA attention, GELU MLP, LayerNorm
+    ``norm_eps``, optional stochastic depth. Its parameter names (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``,
+    ``mlp.fc1``, ``mlp.fc2``) are the ones every sigma-ray export holds."""
+    return Block(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path,
+                 norm_layer=partial(nn.LayerNorm, eps=norm_eps))
 
 
 class PosEmbed(nn.Module):
@@ -198,8 +181,9 @@ class VideoEncoder(nn.Module):
                                      stride=(config.tubelet, config.patch, config.patch))
         self.pos_embed = PosEmbed(config.pos_embed, config.grid, size.embed_dim)
         rates = torch.linspace(0, config.drop_path, size.depth).tolist()
-        self.blocks = nn.ModuleList(Block(size.embed_dim, size.num_heads, size.mlp_ratio, r) for r in rates)
-        self.norm = nn.LayerNorm(size.embed_dim, eps=1e-6)
+        self.blocks = nn.ModuleList(make_block(size.embed_dim, size.num_heads, size.mlp_ratio, r, config.norm_eps)
+                                    for r in rates)
+        self.norm = nn.LayerNorm(size.embed_dim, eps=config.norm_eps) if config.final_norm else nn.Identity()
 
     def embed(self, clips: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """``B x 3 x T x H x W`` -> tokens ``B x N x D`` with position embeddings, and the token grid."""
@@ -209,7 +193,7 @@ class VideoEncoder(nn.Module):
         return x + self.pos_embed(grid).to(x.dtype), grid
 
     def forward(self, clips: torch.Tensor, visible_idx: torch.Tensor) -> torch.Tensor:
-        """Encoded visible tokens, ``B x Nv x D`` (final LayerNorm applied)."""
+        """Encoded visible tokens, ``B x Nv x D`` (final LayerNorm applied, when the config has one)."""
         x, _ = self.embed(clips)
         x = gather_tokens(x, visible_idx)
         for block in self.blocks:
@@ -233,9 +217,9 @@ class VideoDecoder(nn.Module):
         self.embed = nn.Linear(size.embed_dim, size.decoder_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, size.decoder_dim))
         self.pos_embed = PosEmbed(config.pos_embed, config.grid, size.decoder_dim)
-        self.blocks = nn.ModuleList(Block(size.decoder_dim, size.decoder_heads, size.mlp_ratio)
-                                    for _ in range(size.decoder_depth))
-        self.norm = nn.LayerNorm(size.decoder_dim, eps=1e-6)
+        self.blocks = nn.ModuleList(make_block(size.decoder_dim, size.decoder_heads, size.mlp_ratio,
+                                               norm_eps=config.norm_eps) for _ in range(size.decoder_depth))
+        self.norm = nn.LayerNorm(size.decoder_dim, eps=config.norm_eps)
         self.head = nn.Linear(size.decoder_dim, out_dim)
         trunc_normal_(self.mask_token, std=0.02)
 

@@ -60,7 +60,8 @@ def resolve_paths(config: PretrainConfig) -> PretrainConfig:
 
     data = dataclasses.replace(config.data, train_list=absolute(config.data.train_list),
                                val_list=absolute(config.data.val_list), root=absolute(config.data.root))
-    return dataclasses.replace(config, storage_path=absolute(config.storage_path), data=data)
+    train = dataclasses.replace(config.train, init_from=absolute(config.train.init_from))
+    return dataclasses.replace(config, storage_path=absolute(config.storage_path), data=data, train=train)
 
 
 def ensure_synthetic(config: PretrainConfig) -> None:
@@ -208,6 +209,10 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) 
     if config.objective.kind == "sigma_dino" and not (_is_uri(teacher) or Path(teacher).is_file()):
         raise ConfigError(f"objective.teacher_checkpoint = {teacher!r} is not a file: point it at the local "
                           "weights of the frozen image teacher (e.g. DINO ViT-B/16)")
+    if config.train.init_from:  # a file written for another model fails here, not on every worker
+        from sigma_ray.model.export import load_model_state
+
+        load_model_state(config.train.init_from, config.model, config.objective)
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
     # Ray Train records the run (its name, status, attempts, workers and their log files) for the dashboard's

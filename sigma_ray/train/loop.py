@@ -141,6 +141,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(d, model, optimizer, scaler, rank, map_location=device)
     else:
+        if tc.init_from:  # a new run starting from imported weights (a resumed run has its own)
+            from sigma_ray.model.export import init_from_model_state
+
+            init_from_model_state(model, tc.init_from, config.model, config.objective)
         _seed_everything(tc.seed + 1000003 * rank)  # per-rank streams for drop path etc.
     start_step = state.step
 
