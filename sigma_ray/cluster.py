@@ -50,13 +50,13 @@ def validate_cluster_config(raw: Any, name: str = "cluster config") -> dict[str,
     """Ray's ``prepare_config`` + ``validate_config`` on a dict, then the extra checks; returns the prepared dict."""
     import click
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from sigma_ray.ray_compat import validate_cluster_file
 
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{name}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        prepared = prepare_config(copy.deepcopy(raw))
-        validate_config(prepared)
+        prepared = validate_cluster_file(copy.deepcopy(raw))
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "<top level>"
         raise ClusterConfigError(f"{name}: {where}: {e.message}") from e

@@ -201,10 +201,11 @@ def save_yaml(obj: Any, path: str | Path) -> None:
 
 
 def run_config_command(load: typing.Callable[[], Any], run: typing.Callable[[Any], int], dry_run: bool = False,
-                       failures: tuple[type[Exception], ...] = ()) -> int:
+                       failures: typing.Mapping[type[Exception], int] | None = None) -> int:
     """The shape of every config-driven command: ``load()`` the config, print it and stop on ``dry_run``, else
-    ``run(config)``. Exit status: run's status; 2 for a ConfigError (from loading or running), 1 for one of
-    ``failures`` (printed as one line, not a traceback)."""
+    ``run(config)``. Exit status: run's status; 2 for a ConfigError (from loading or running), printed as
+    ``config error: ...``; for an exception of a type in ``failures``, the status it maps to, the message printed
+    as ``error: ...`` (no traceback)."""
     import sys
 
     try:
@@ -216,6 +217,6 @@ def run_config_command(load: typing.Callable[[], Any], run: typing.Callable[[Any
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except failures as e:
+    except tuple(failures or ()) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return next(code for kind, code in failures.items() if isinstance(e, kind))

@@ -27,9 +27,6 @@ class TrainConfig:
     ``num_workers`` workers (the *global batch*); an epoch is ``len(train set) // global batch`` steps
     (``steps_per_epoch`` caps it). ``max_steps`` caps the run *and* compresses the schedule to that many steps
     (warm-up keeps its fraction ``warmup_epochs / epochs``): for tests and demos.
-
-    ``fail_at_step`` is a **test hook**: the last worker raises once at the start of that step (a marker file in
-    the run directory records that it did), to exercise ``max_failures`` and the resume from the last checkpoint.
     """
 
     epochs: int = 800
@@ -58,7 +55,6 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     seed: int = 0
     probe_every: int | None = None        # steps between probes of the encoder (needs a probe; see pretrain)
-    fail_at_step: int | None = None       # TEST HOOK: one worker raises once when this step starts
 
     def validate(self) -> None:
         check_range("epochs", self.epochs, 1)
@@ -89,8 +85,6 @@ class TrainConfig:
         check_range("seed", self.seed, 0, 2**63 - 1)
         if self.probe_every is not None:
             check_range("probe_every", self.probe_every, 1)
-        if self.fail_at_step is not None:
-            check_range("fail_at_step", self.fail_at_step, 1)
 
     @property
     def worker_gpus(self) -> float:

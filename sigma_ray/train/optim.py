@@ -80,12 +80,9 @@ class Schedule:
         return lr
 
 
-def make_schedule(train, steps_per_epoch: int, global_batch: int) -> Schedule:
-    """The run's schedule from a TrainConfig: epochs x steps_per_epoch steps (``max_steps`` compresses it),
-    warm-up the same fraction of the run as ``warmup_epochs / epochs``, lrs scaled by the global batch."""
-    total = train.epochs * steps_per_epoch
-    if train.max_steps is not None:
-        total = min(total, train.max_steps)
+def make_schedule(train, total: int, global_batch: int) -> Schedule:
+    """The run's schedule from a TrainConfig over ``total`` optimizer steps (``launch.run_length``'s): warm-up
+    the same fraction of the run as ``warmup_epochs / epochs``, lrs scaled by the global batch."""
     warmup = int(round(total * train.warmup_epochs / train.epochs))
     return Schedule(total, warmup, scaled_lr(train.base_lr, global_batch), scaled_lr(train.min_lr, global_batch),
                     train.weight_decay, train.weight_decay_end)
