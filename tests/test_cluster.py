@@ -365,9 +365,10 @@ def test_fake_multinode_autoscaler_places_the_pretraining_job(tmp_path):
     plan = plan_placement(cfg, **request)
     assert plan.fits, plan.problems
 
-    from ray._private.services import get_node_ip_address
+    from sigma_ray.ray_compat import node_ip_address
+
     port = _free_port()
-    address = f"{get_node_ip_address()}:{port}"
+    address = f"{node_ip_address()}:{port}"
     autoscaling = tmp_path / "fake.yaml"
     autoscaling.write_text(yaml.safe_dump(_fake_cluster_config(cfg, address)))
     # unique (it marks every process of this cluster) and short (Ray's socket paths must stay under 108 bytes)

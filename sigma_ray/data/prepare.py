@@ -292,6 +292,9 @@ def _transcode(src: str, dst: str, tmp: str, enc: dict[str, Any], threads: int) 
                 for frame in inp.decode(s):
                     f = frame.reformat(width=width, height=height, format="yuv420p")
                     f.pts, f.time_base = n, tb   # constant frame rate: frame i at i / fps
+                    # a decoded frame keeps its source picture type, and x264 would make every source key frame
+                    # a key frame too; the output's key frames are every gop frames, no more
+                    f.pict_type = av.video.frame.PictureType.NONE
                     n += 1
                     out.mux(o.encode(f))
             except av.FFmpegError as e:
@@ -411,7 +414,7 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
     already = len(results)
     progress = tqdm(total=len(videos), initial=already, unit="video", desc="prepare", disable=not config.progress,
                     mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
-    failed_now = 0
+    done_now = failed_now = 0   # counted here: a disabled bar counts nothing
     if todo:
         ensure_ray()
         task = _remote_transcode().options(num_cpus=config.task_num_cpus,
@@ -438,6 +441,7 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
                         jf.write(json.dumps(r, sort_keys=True) + "\n")
                         jf.flush()
                         results[src] = r
+                        done_now += 1
                         failed_now += r["status"] != "ok"
                         progress.set_postfix(failed=failed_now, refresh=False)
                         progress.update()
@@ -453,7 +457,7 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
         lists = _write_outputs(out, items, results, classes, config)
     failed = [(src, r.get("reason", "")) for src, r in results.items() if r["status"] != "ok"]
     return PrepareResult(out=str(out), manifest=str(out / MANIFEST), lists=lists, total=len(videos),
-                         transcoded=progress.n - already, skipped=already - problems,
+                         transcoded=done_now, skipped=already - problems,
                          ok=sum(r["status"] == "ok" for r in results.values()), failed=failed,
                          seconds=time.perf_counter() - t0)
 

@@ -146,14 +146,12 @@ def _skip_totals(skip_stats) -> dict[int, SkipStats]:
 
 
 def _skip_problem(stats: dict[int, SkipStats], dc, final: bool) -> str | None:
-    """Why the run must stop for unreadable videos (the skip bound over all epochs so far), or None."""
-    total = SkipStats()
-    for st in stats.values():
-        total.add(st.seen, st.skipped)
-    try:
-        total.check(dc.max_skip_fraction, dc.skip_min_rows, final=final)
-    except SkipBoundError as e:
-        return str(e)
+    """Why the run must stop for unreadable videos (an epoch over the skip bound), or None."""
+    for epoch, st in sorted(stats.items()):
+        try:
+            st.check(dc.max_skip_fraction, dc.skip_min_rows, final=final)
+        except SkipBoundError as e:
+            return f"epoch {epoch}: {e}"
     return None
 
 
