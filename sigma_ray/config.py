@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or out of range; the message names the field."""
 
 
+def is_uri(path: str) -> bool:
+    """Whether a configured path is a URI (``s3://...``, ``gs://...``) rather than a local or NFS path."""
+    return "://" in path
+
+
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
                 lo_open: bool = False, hi_open: bool = False) -> None:
     """Raise ConfigError unless ``lo (<|<=) value (<|<=) hi``; the message shows the allowed interval."""

@@ -28,7 +28,7 @@ from sigma_ray.eval.linear import linear_probe
 from sigma_ray.eval.metrics import log
 from sigma_ray.model.export import encoder_from_model_state, load_encoder
 from sigma_ray.model.vit import ModelConfig, VideoEncoder
-from sigma_ray.step import default_amp_dtype
+from sigma_ray.step import amp_dtype_for
 from sigma_ray.train.checkpoint import (CHECKPOINT_PREFIX, STATE_FILE, CheckpointError, load_model_state,
                                         newest_valid)
 
@@ -213,7 +213,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     if "knn" in config.protocols or "linear" in config.protocols:
         t0 = time.perf_counter()
         kwargs = dict(device=device, use_ray=config.use_ray, batch_size=config.feature_batch_size,
-                      amp_dtype=default_amp_dtype(device))
+                      amp_dtype=amp_dtype_for("auto", device))
         train = features_for_split(encoder, data, "train", **kwargs)
         query = features_for_split(encoder, data, config.query_split, **kwargs)
         results["seconds"]["features"] = time.perf_counter() - t0

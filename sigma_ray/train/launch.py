@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from sigma_ray.config import ConfigError, save_yaml, to_dict
+from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
 from sigma_ray.data.clips import SkipBoundError
 from sigma_ray.ray_compat import autoscaling_enabled
 from sigma_ray.ray_session import init_ray
@@ -58,14 +58,10 @@ class PretrainResult:
     ray_result: Any
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_paths(config: PretrainConfig) -> PretrainConfig:
     """Absolute local paths for the storage path and the data lists (Ray workers may run elsewhere)."""
     def absolute(p: str | None) -> str | None:
-        return p if p is None or _is_uri(p) else str(Path(p).expanduser().resolve())
+        return p if p is None or is_uri(p) else str(Path(p).expanduser().resolve())
 
     data = dataclasses.replace(config.data, train_list=absolute(config.data.train_list),
                                val_list=absolute(config.data.val_list), root=absolute(config.data.root))
@@ -130,7 +126,7 @@ def run_dir_of(config: PretrainConfig) -> str:
 
 def _write_file(local: Path, dest: str) -> None:
     """Copy a local file to ``dest`` (a local path or a pyarrow-supported URI)."""
-    if not _is_uri(dest):
+    if not is_uri(dest):
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         if Path(dest).resolve() != local.resolve():
             Path(dest).write_bytes(local.read_bytes())
@@ -181,7 +177,7 @@ def run_length(config: PretrainConfig, num_videos: int) -> tuple[int, int]:
 
 def _read_text(dest: str) -> str | None:
     """A small file's text at a local path or a pyarrow-supported URI; None when it does not exist."""
-    if not _is_uri(dest):
+    if not is_uri(dest):
         return Path(dest).read_text() if Path(dest).is_file() else None
     import pyarrow.fs
 
@@ -206,7 +202,7 @@ def open_run_dir(config: PretrainConfig, run_dir: str) -> int:
     from sigma_ray.ray_compat import register_checkpoints
 
     step = 0
-    if not _is_uri(run_dir):
+    if not is_uri(run_dir):
         valid = prepare_resume(run_dir)
         register_checkpoints(run_dir, [(c.name, c.metrics) for c in valid])
         step = valid[-1].step if valid else 0
@@ -217,11 +213,11 @@ def open_run_dir(config: PretrainConfig, run_dir: str) -> int:
         changes.pop("storage_path", None)
         if changes:
             check_resumable(changes, run_dir)
-            if not _is_uri(run_dir):
+            if not is_uri(run_dir):
                 record_changes(run_dir, changes, step)
             print(f"[sigma-ray] {run_dir} continues with a changed config: " + ", ".join(
                 f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items())), flush=True)
-    if _is_uri(run_dir):
+    if is_uri(run_dir):
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +270,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
     config = resolve_paths(config)
     config.validate()
     teacher = config.objective.teacher_checkpoint
-    if config.objective.kind == "sigma_dino" and not (_is_uri(teacher) or Path(teacher).is_file()):
+    if config.objective.kind == "sigma_dino" and not (is_uri(teacher) or Path(teacher).is_file()):
         raise ConfigError(f"objective.teacher_checkpoint = {teacher!r} is not a file: point it at the local "
                           "weights of the frozen image teacher (e.g. DINO ViT-B/16)")
     ensure_synthetic(config)
@@ -284,10 +280,10 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
     check_cluster(config)
 
     run_dir = run_dir_of(config)
-    with (contextlib.nullcontext() if _is_uri(run_dir) else RunLock(run_dir)):
+    with (contextlib.nullcontext() if is_uri(run_dir) else RunLock(run_dir)):
         open_run_dir(config, run_dir)
         for name in (NONFINITE_FILE, DATA_ERROR_FILE):   # left by an earlier attempt of this run
-            if not _is_uri(run_dir):
+            if not is_uri(run_dir):
                 (Path(run_dir) / name).unlink(missing_ok=True)
         pipeline = ClipPipeline(config.data, "train", records)
         cursor = DataCursor.remote()
@@ -322,7 +318,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
             bad_step = json.loads(stopped[NONFINITE_FILE])["step"]
             raise NonFiniteLossError(f"non-finite loss at step {bad_step}; the run stopped. "
                                      f"Last good checkpoint: {where}")
-        skipped = [] if _is_uri(run_dir) else _skip_summary(run_dir)
+        skipped = [] if is_uri(run_dir) else _skip_summary(run_dir)
         if stopped[DATA_ERROR_FILE] is not None:
             reason = json.loads(stopped[DATA_ERROR_FILE])["reason"]
             raise SkipBoundError("\n".join([f"{reason}; the run stopped, last checkpoint: {where}"] + skipped))

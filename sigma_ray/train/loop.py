@@ -25,13 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -42,7 +40,7 @@ from sigma_ray.config import from_dict
 from sigma_ray.data.clips import SkipBoundError, SkipStats
 from sigma_ray.model.sigma import build_model
 from sigma_ray.ray_compat import train_report_logger_name
-from sigma_ray.step import forward_backward, metrics_to_floats, optimizer_step
+from sigma_ray.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
 from sigma_ray.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, unwrap
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.console import line as say
@@ -57,23 +55,11 @@ NONFINITE_FILE = "nonfinite.json"
 DATA_ERROR_FILE = "data_error.json"
 
 
-def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
 def format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 class _Progress:
@@ -175,7 +161,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     global_batch = config.global_batch
 
-    _seed_everything(tc.seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
+    seed_everything(tc.seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
     model = build_model(config.model, config.objective).to(device)
     schedule = make_schedule(tc, total, global_batch)
     optimizer = build_optimizer(model, schedule.peak_lr, tc.weight_decay, tc.betas, device)
@@ -188,7 +174,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as d:
             start_step = load_checkpoint(d, model, optimizer, scaler, rank, map_location=device).step
     else:
-        _seed_everything(tc.seed + 1000003 * rank)  # per-rank streams for drop path etc.
+        seed_everything(tc.seed + 1000003 * rank)  # per-rank streams for drop path etc.
 
     ddp = model
     if world > 1:
