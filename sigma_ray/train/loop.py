@@ -79,8 +79,7 @@ class _Progress:
             self.metrics_path, self.skipped_path = run_dir / METRICS_FILE, run_dir / SKIPPED_FILE
             trim_jsonl(self.metrics_path, start_step)
             self.skipped = {(r["epoch"], r["path"]) for r in trim_jsonl(self.skipped_path, start_step)}
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
-                                        purge_step=start_step + 1 if start_step else None)
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def record_skips(self, step: int, stats: dict[int, SkipStats]) -> int:
         """Append the skips not yet recorded to ``skipped.jsonl`` (path, reason, epoch, step); returns how many
