@@ -70,14 +70,14 @@ def test_a_second_run_with_the_same_name_is_refused_naming_the_first(ray_session
 
 def test_a_killed_owner_leaves_no_stuck_lock(tmp_path, holder):
     with pytest.raises(RunLockedError):
-        with RunLock(tmp_path / "twin"):
+        with RunLock(tmp_path / "twin", wait_s=1.0):
             pass
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     with RunLock(tmp_path / "twin") as lock:                     # the kernel dropped the dead owner's lock
         assert f'"pid": {os.getpid()}' in lock.path.read_text()
         with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
-            with RunLock(tmp_path / "twin"):                     # a second owner in this very process is refused
+            with RunLock(tmp_path / "twin", wait_s=0):           # a second owner in this very process is refused
                 pass
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,10 +38,12 @@ class RunLockedError(RuntimeError):
 
 
 class RunLock:
-    """Exclusive ownership of a local run directory while the ``with`` block runs."""
+    """Exclusive ownership of a local run directory while the ``with`` block runs. A lock still held after
+    ``wait_s`` seconds (time for an owner that is just ending, e.g. a sweep trial being restarted) is refused."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, wait_s: float = 10.0):
         self.path = Path(run_dir) / LOCK_FILE
+        self.wait_s = wait_s
         self._file = None
 
     def __enter__(self) -> "RunLock":
@@ -48,20 +51,26 @@ class RunLock:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = self.path.open("a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip()
-            f.close()
+        deadline = time.monotonic() + self.wait_s
+        while True:
             try:
-                who = json.loads(holder)
-                who = (f"host {who['host']}, pid {who['pid']}, started {who['started']}: "
-                       f"{' '.join(who.get('argv', []))}")
-            except (ValueError, KeyError, TypeError):
-                who = "a process that has not written its name yet"
-            raise RunLockedError(f"{self.path.parent} is in use by another run ({who}); wait for it to end or "
-                                 f"give this run another name") from None
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                f.seek(0)
+                holder = f.read().strip()
+                f.close()
+                try:
+                    who = json.loads(holder)
+                    who = (f"host {who['host']}, pid {who['pid']}, started {who['started']}: "
+                           f"{' '.join(who.get('argv', []))}")
+                except (ValueError, KeyError, TypeError):
+                    who = "a process that has not written its name yet"
+                raise RunLockedError(f"{self.path.parent} is in use by another run ({who}); wait for it to end "
+                                     f"or give this run another name") from None
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv,
