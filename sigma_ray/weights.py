@@ -30,7 +30,7 @@ def load_weights(path: str | Path, expected: str, map_location: str | torch.devi
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's own message suggests weights_only=False, which would run whatever the file pickles
+        # torch's own message suggests loading it without weights_only, which would run what the file pickles
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
             raise CheckpointError(f"{path}: refused to load {expected}: it pickles {found.group(1)}, not only "

@@ -191,7 +191,7 @@ def test_an_unreadable_encoder_file_gives_one_line_naming_it(tmp_path, capsys, c
                  "--out", str(tmp_path / "eval")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {bad}: not a torch weights file") and len(err.splitlines()) == 1
-    assert "weights_only=False" not in err
+    assert "weights_only" not in err                                 # no advice to load it unsafely
 
 
 def test_encoder_export_roundtrip_and_a_torch_file_of_another_kind(tmp_path):
