@@ -5,7 +5,8 @@ pretraining run's resource requests fit their node types before anyone pays for 
 ``validate_config`` checks the JSON schema, the head type and the worker counts) plus the ones Ray leaves out
 (a node type whose ``min_workers`` exceeds its ``max_workers``). :func:`check_placement` is pure arithmetic on
 plain numbers: it says why a Ray Train worker group or the Ray Data decode actors would wait forever for nodes
-the autoscaler can never launch. :func:`experiment_request` reads those numbers from an experiment YAML.
+the autoscaler can never launch. :func:`experiment_request` reads those numbers from an experiment's
+PretrainConfig.
 
 Command line (prints the plan, exits 1 on a problem)::
 
@@ -50,13 +51,13 @@ def validate_cluster_config(raw: Any, name: str = "cluster config") -> dict[str,
     """Ray's ``prepare_config`` + ``validate_config`` on a dict, then the extra checks; returns the prepared dict."""
     import click
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from sigma_ray.ray_compat import validate_cluster_file
 
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{name}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        prepared = prepare_config(copy.deepcopy(raw))
-        validate_config(prepared)
+        prepared = validate_cluster_file(copy.deepcopy(raw))
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "<top level>"
         raise ClusterConfigError(f"{name}: {where}: {e.message}") from e
@@ -266,26 +267,26 @@ def check_placement(cluster_cfg: Mapping[str, Any], num_workers: int, cpus_per_w
                           actor_resources).problems
 
 
-def experiment_request(experiment_cfg: Mapping[str, Any], num_workers: int | None = None) -> dict[str, Any]:
-    """The resource numbers of an experiment YAML (a raw dict), as keyword arguments of :func:`check_placement`.
+def experiment_request(experiment, num_workers: int | None = None) -> dict[str, Any]:
+    """The resource numbers of an experiment, as keyword arguments of :func:`check_placement`.
 
-    Keys (defaults): ``train.num_workers`` (1), ``train.use_gpu`` (false), ``train.cpus_per_worker`` (1),
-    ``train.gpus_per_worker`` (1 with ``use_gpu``, else 0), ``data.num_actors_min`` (1),
-    ``data.num_actors_max`` (``num_actors_min``), ``data.actor_num_cpus`` (1), ``data.actor_resources`` ({}).
-    The actor count is the larger of min and max: the pool should be able to grow to its maximum.
+    ``experiment``: a PretrainConfig, or an experiment YAML's mapping (loaded as one, so an omitted key takes the
+    config's default and a bad value is a ConfigError). ``num_workers`` overrides ``train.num_workers``. GPUs per
+    worker are ``train.worker_gpus`` (0 without ``use_gpu``); the actor count is ``data.num_actors_max``: the pool
+    should be able to grow to its maximum.
     """
-    train = experiment_cfg.get("train") or {}
-    data = experiment_cfg.get("data") or {}
-    use_gpu = bool(train.get("use_gpu", False))
-    gpus = train.get("gpus_per_worker")
-    actors_min = int(data.get("num_actors_min", 1))
+    from sigma_ray.config import from_dict
+    from sigma_ray.train.config import PretrainConfig
+
+    config = experiment if isinstance(experiment, PretrainConfig) else from_dict(PretrainConfig, dict(experiment))
+    tc, dc = config.train, config.data
     return {
-        "num_workers": int(num_workers if num_workers is not None else train.get("num_workers", 1)),
-        "cpus_per_worker": float(train.get("cpus_per_worker", 1.0)),
-        "gpus_per_worker": float((1.0 if gpus is None else gpus) if use_gpu else 0.0),
-        "actors": max(actors_min, int(data.get("num_actors_max", actors_min))),
-        "actor_cpus": float(data.get("actor_num_cpus", 1.0)),
-        "actor_resources": {str(k): float(v) for k, v in (data.get("actor_resources") or {}).items()},
+        "num_workers": int(num_workers if num_workers is not None else tc.num_workers),
+        "cpus_per_worker": float(tc.cpus_per_worker),
+        "gpus_per_worker": float(tc.worker_gpus),
+        "actors": int(dc.num_actors_max),
+        "actor_cpus": float(dc.actor_num_cpus),
+        "actor_resources": {str(k): float(v) for k, v in dc.actor_resources.items()},
     }
 
 
@@ -305,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         for n, t in node_type_table(cfg).items()))
     status = 0
     for path in args.experiments:
-        request = experiment_request(yaml.safe_load(Path(path).read_text()) or {}, args.num_workers)
+        from sigma_ray.train.config import load_pretrain_config
+
+        request = experiment_request(load_pretrain_config(path), args.num_workers)
         plan = plan_placement(cfg, **request)
         if plan.fits:
             print(f"FITS {path}: training on {plan.training_nodes}, decode actors add {plan.decode_nodes}")

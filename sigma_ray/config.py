@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or out of range; the message names the field."""
 
 
+def is_uri(path: str) -> bool:
+    """Whether a configured path is a URI (``s3://...``, ``gs://...``) rather than a local or NFS path."""
+    return "://" in path
+
+
 def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
                 lo_open: bool = False, hi_open: bool = False) -> None:
     """Raise ConfigError unless ``lo (<|<=) value (<|<=) hi``; the message shows the allowed interval."""
@@ -201,10 +206,11 @@ def save_yaml(obj: Any, path: str | Path) -> None:
 
 
 def run_config_command(load: typing.Callable[[], Any], run: typing.Callable[[Any], int], dry_run: bool = False,
-                       failures: tuple[type[Exception], ...] = ()) -> int:
+                       failures: typing.Mapping[type[Exception], int] | None = None) -> int:
     """The shape of every config-driven command: ``load()`` the config, print it and stop on ``dry_run``, else
-    ``run(config)``. Exit status: run's status; 2 for a ConfigError (from loading or running), 1 for one of
-    ``failures`` (printed as one line, not a traceback)."""
+    ``run(config)``. Exit status: run's status; 2 for a ConfigError (from loading or running), printed as
+    ``config error: ...``; for an exception of a type in ``failures``, the status it maps to, the message printed
+    as ``error: ...`` (no traceback)."""
     import sys
 
     try:
@@ -216,6 +222,6 @@ def run_config_command(load: typing.Callable[[], Any], run: typing.Callable[[Any
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except failures as e:
+    except tuple(failures or ()) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return next(code for kind, code in failures.items() if isinstance(e, kind))

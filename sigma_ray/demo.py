@@ -142,11 +142,10 @@ def _feature_spread(f: Features) -> float:
 def load_model(run_dir: str | Path, config: PretrainConfig):
     """The whole pretraining model (encoder, decoder, projection, prototypes) from the run's last checkpoint."""
     from sigma_ray.model.sigma import build_model
-    from sigma_ray.train.checkpoint import STATE_FILE, latest_checkpoint
+    from sigma_ray.train.checkpoint import load_model_state, newest_valid
 
     model = build_model(config.model, config.objective)
-    blob = torch.load(latest_checkpoint(run_dir) / STATE_FILE, map_location="cpu", weights_only=False)
-    model.load_state_dict(blob["model"])
+    model.load_state_dict(load_model_state(newest_valid(run_dir).path)[0])
     return model.eval()
 
 
@@ -270,9 +269,8 @@ def format_table(results: dict[str, dict[str, float]], chance: float, seconds: d
 
 def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole demo (see the module docstring); returns the results dict also written to results.json."""
-    import ray
-
     from sigma_ray.data.synthetic import make_synthetic
+    from sigma_ray.ray_session import init_ray
     from sigma_ray.model.sigma import build_model
     from sigma_ray.train.launch import pretrain
 
@@ -286,10 +284,8 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
         make_synthetic(root, num_classes=demo.num_classes, train_per_class=demo.train_per_class,
                        val_per_class=demo.val_per_class, frames=demo.video_frames, size=demo.size, seed=demo.seed,
                        pool=demo.scene_pool, camera=demo.camera)
-    if not ray.is_initialized():
-        # The dashboard: to watch the runs, and Ray Train V2's placement-group cleaner queries its state API.
-        context = ray.init(include_dashboard=True)
-        print(f"[demo] Ray dashboard: http://{context.dashboard_url}", flush=True)
+    # The dashboard: to watch the runs, and Ray Train V2's placement-group cleaner queries its state API.
+    init_ray(include_dashboard=True)
     configs = {kind: pretrain_config(demo, kind) for kind in ("sigma_mlp", "videomae")}
     data = configs["sigma_mlp"].data
     probe = KnnProbe(data, demo.num_classes, k=20)

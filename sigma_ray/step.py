@@ -5,8 +5,10 @@ The Ray trainer and the GPU benchmark both call these functions. Metrics stay on
 """
 from __future__ import annotations
 
+import random
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,9 +39,19 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype)
 
 
-def default_amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA, float32 (no autocast) on CPU."""
-    return torch.bfloat16 if device.type == "cuda" else None
+def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` setting: ``auto`` is bf16 on CUDA and float32 (None: no autocast)
+    elsewhere; ``bf16``, ``fp16`` and ``fp32`` are what they say."""
+    if precision == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the torch, numpy and python RNGs of this process with ``seed``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def forward_backward(model: nn.Module, batch: dict, device: torch.device, amp_dtype: torch.dtype | None = None,

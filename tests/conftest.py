@@ -1,16 +1,24 @@
-"""Shared fixtures: the shared data folder beside the repository, one Ray session for the whole run, headless Chromium."""
+"""Shared fixtures: the test videos (made here, see tests/videos.py), one Ray session for the whole run, headless
+Chromium."""
+import os
+import secrets
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Token authentication with a token of this test session's own: Ray's default token file (~/.ray/auth_token) is
+# shared by every Ray on the machine, and two sessions generating it at once can leave a head and its driver
+# with different tokens. Every Ray process (and every head or job a test starts) inherits this one.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def test_videos(tmp_path_factory) -> dict[str, Path]:
+    """The suite's own real videos (H.264 with irregular key frames and audio, letterboxed, a 29.97 fps phone-size
+    clip, odd-sized, VP9/webm) and the broken files made from a good one: name -> path (see tests/videos.py)."""
+    from videos import make_videos
+
+    return make_videos(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +26,11 @@ def ray_session():
     """One local Ray for all tests that need it (ray.init costs seconds); shut down at the end."""
     import ray
 
+    from sigma_ray.ray_session import init_ray
+
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        init_ray(num_cpus=2, quiet=True)
     yield ray
     if started:
         ray.shutdown()

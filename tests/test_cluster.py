@@ -20,11 +20,14 @@ import yaml
 
 from sigma_ray.cluster import (ClusterConfigError, check_placement, experiment_request, load_cluster_config,
                                main, node_type_table, plan_placement, validate_cluster_config)
+from sigma_ray.train.config import load_pretrain_config
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"
 LOCAL = ROOT / "cluster.local.yaml"
-CONFIGS = sorted((ROOT / "experiments" / "configs").glob("*.yaml"))
+# the pretraining experiments (evaluation and sweep configs are other kinds)
+PRETRAIN_CONFIGS = sorted(p for p in (ROOT / "experiments" / "configs").glob("*.yaml")
+                          if not p.name.startswith(("eval_", "sweep_")))
 # The README's command: python experiments/pretrain.py --config experiments/configs/k400_vitb.yaml --num-workers 16
 README_NUM_WORKERS = {"k400_vitb.yaml": 16}
 
@@ -34,7 +37,7 @@ def _raw(path: Path) -> dict:
 
 
 def _gpu_configs() -> list[Path]:
-    return [p for p in CONFIGS if ((_raw(p) or {}).get("train") or {}).get("use_gpu", False) is True]
+    return [p for p in PRETRAIN_CONFIGS if load_pretrain_config(p).train.use_gpu]
 
 
 GPU_CONFIGS = _gpu_configs()
@@ -192,23 +195,34 @@ def test_placement_counts_the_cluster_max_workers_and_the_head(aws):
     assert "no node type provides" in check_placement(small, 1, 1, 1, 0, 1)[0]
 
 
-def test_experiment_request_reads_the_project_keys():
-    assert experiment_request({}) == dict(num_workers=1, cpus_per_worker=1.0, gpus_per_worker=0.0, actors=1,
-                                          actor_cpus=1.0, actor_resources={})
+def test_experiment_request_reads_the_pretrain_config():
+    """An experiment that omits the resource keys asks for what the run itself would: PretrainConfig's defaults."""
+    from sigma_ray.config import ConfigError
+    from sigma_ray.train.config import PretrainConfig
+
+    defaults = PretrainConfig()
+    assert experiment_request({}) == dict(
+        num_workers=defaults.train.num_workers, cpus_per_worker=defaults.train.cpus_per_worker,
+        gpus_per_worker=0.0, actors=defaults.data.num_actors_max, actor_cpus=defaults.data.actor_num_cpus,
+        actor_resources={})
+    assert experiment_request({})["actor_cpus"] == 0.5 and experiment_request({})["actors"] == 2
+    assert experiment_request({"train": {"use_gpu": True}})["gpus_per_worker"] == 1.0
     raw = {"train": {"num_workers": 8, "use_gpu": True, "cpus_per_worker": 10},
            "data": {"num_actors_min": 4, "num_actors_max": 32, "actor_num_cpus": 1.5,
                     "actor_resources": {"decode_node": 0.01}}}
     assert experiment_request(raw, num_workers=16) == dict(
         num_workers=16, cpus_per_worker=10.0, gpus_per_worker=1.0, actors=32, actor_cpus=1.5,
         actor_resources={"decode_node": 0.01})
+    with pytest.raises(ConfigError, match="num_actors_max"):
+        experiment_request({"data": {"num_actors_min": 4, "num_actors_max": 2}})
 
 
 @pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.name)
 def test_shipped_gpu_config_fits_cluster_yaml(aws, path):
-    raw = _raw(path)
-    counts = {raw["train"].get("num_workers", 1), README_NUM_WORKERS.get(path.name, raw["train"].get("num_workers", 1))}
+    config = load_pretrain_config(path)
+    counts = {config.train.num_workers, README_NUM_WORKERS.get(path.name, config.train.num_workers)}
     for n in sorted(counts):
-        request = experiment_request(raw, num_workers=n)
+        request = experiment_request(config, num_workers=n)
         assert request["gpus_per_worker"] > 0
         plan = plan_placement(aws, **request)
         assert plan.problems == [], f"{path.name} with {n} workers: {plan.problems}"
@@ -217,7 +231,7 @@ def test_shipped_gpu_config_fits_cluster_yaml(aws, path):
 @pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.name)
 def test_shipped_gpu_config_actors_find_their_resources_on_prem(path):
     """On-prem nodes advertise custom resources through `ray start --resources`: the decode actors' must be there."""
-    request = experiment_request(_raw(path))
+    request = experiment_request(load_pretrain_config(path))
     local = load_cluster_config(LOCAL)
     table = node_type_table(local)
     for name, t in table.items():
@@ -350,7 +364,7 @@ _DRIVER = textwrap.dedent("""
 def _fake_request() -> dict:
     k400 = ROOT / "experiments" / "configs" / "k400_vitb.yaml"
     if k400 in GPU_CONFIGS:
-        return experiment_request(_raw(k400), num_workers=README_NUM_WORKERS["k400_vitb.yaml"])
+        return experiment_request(load_pretrain_config(k400), num_workers=README_NUM_WORKERS["k400_vitb.yaml"])
     return dict(num_workers=16, cpus_per_worker=8.0, gpus_per_worker=1.0, actors=64, actor_cpus=1.0,
                 actor_resources=DECODE)
 
@@ -365,9 +379,10 @@ def test_fake_multinode_autoscaler_places_the_pretraining_job(tmp_path):
     plan = plan_placement(cfg, **request)
     assert plan.fits, plan.problems
 
-    from ray._private.services import get_node_ip_address
+    from sigma_ray.ray_compat import node_ip_address
+
     port = _free_port()
-    address = f"{get_node_ip_address()}:{port}"
+    address = f"{node_ip_address()}:{port}"
     autoscaling = tmp_path / "fake.yaml"
     autoscaling.write_text(yaml.safe_dump(_fake_cluster_config(cfg, address)))
     # unique (it marks every process of this cluster) and short (Ray's socket paths must stay under 108 bytes)

@@ -9,18 +9,19 @@ from sigma_ray.data.config import DataConfig
 from sigma_ray.data.iterator import ClipIterator
 
 SMALL = dict(num_frames=8, sampling_rate=2, input_size=64, decode_short_side=96, batch_size=3)
-BAD = ("empty.mp4", "not_a_video.mp4", "truncated_bikes.mp4", "half_bikes.mp4")
+BAD = ("empty.mp4", "not_a_video.mp4", "truncated.mp4", "half.mp4")
+GOOD = ("phone", "vp9", "wide")
 
 
-def records(shared_data, bad=()):
-    good = ["carphone_pristine.mp4", "carphone_distorted.mp4", "bikes.mp4"]
-    paths = [shared_data / "videos" / n for n in good] + [shared_data / "bad" / n for n in bad]
+def records(test_videos, bad=()):
+    """The three good test videos (labels 0, 1, 2) then the named broken ones."""
+    paths = [test_videos[n] for n in GOOD] + [test_videos[n] for n in bad]
     return [VideoRecord(str(p), i % 3, i) for i, p in enumerate(paths)]
 
 
-def test_iterator_batches_shapes_dtypes_and_seeding(shared_data):
+def test_iterator_batches_shapes_dtypes_and_seeding(test_videos):
     cfg = DataConfig(**SMALL, seed=3)
-    recs = records(shared_data)
+    recs = records(test_videos)
     batches = list(ClipIterator(cfg, "train", epoch=0, records=recs))
     assert [len(b["labels"]) for b in batches] == [3]
     b = batches[0]
@@ -36,9 +37,9 @@ def test_iterator_batches_shapes_dtypes_and_seeding(shared_data):
     assert not np.array_equal(by_id(other), by_id(b))          # a new epoch draws new windows/crops
 
 
-def test_sample_depends_only_on_seed_epoch_and_id(shared_data):
+def test_sample_depends_only_on_seed_epoch_and_id(test_videos):
     cfg = DataConfig(**SMALL)
-    row = Row(str(shared_data / "videos" / "bikes.mp4"), 1, 7, 0)
+    row = Row(str(test_videos["wide"]), 1, 7, 0)
     a, b = ClipMaker(cfg, "train")(row, 2), ClipMaker(cfg, "train")(row, 2)
     np.testing.assert_array_equal(a.clip, b.clip)
     np.testing.assert_array_equal(a.mask, b.mask)
@@ -46,9 +47,9 @@ def test_sample_depends_only_on_seed_epoch_and_id(shared_data):
     assert not np.array_equal(a.mask, c.mask)
 
 
-def test_test_split_views(shared_data):
+def test_test_split_views(test_videos):
     cfg = DataConfig(**SMALL, test_num_clips=2, test_num_crops=3)
-    recs = records(shared_data)[2:]                             # bikes: 640x272, 3 crops left/centre/right
+    recs = records(test_videos)[2:]                             # wide: 640x360, 3 crops left/centre/right
     (b, *rest) = list(ClipIterator(cfg, "test", records=recs))
     views = np.concatenate([b["views"]] + [r["views"] for r in rest])
     assert sorted(views.tolist()) == list(range(6))
@@ -56,22 +57,22 @@ def test_test_split_views(shared_data):
     assert len({c.tobytes() for c in clips}) == 6
 
 
-def test_bad_files_skipped_and_counted_with_reason(shared_data):
+def test_bad_files_skipped_and_counted_with_reason(test_videos):
     cfg = DataConfig(**SMALL, max_skip_fraction=1.0)
-    it = ClipIterator(cfg, "train", records=records(shared_data, BAD))
+    it = ClipIterator(cfg, "train", records=records(test_videos, BAD))
     ids = sorted(i for b in it for i in b["video_ids"].tolist())
     assert ids == [0, 1, 2]                                     # never replaced by another video
     assert it.stats.seen == 7
     reasons = dict(it.stats.skipped)
-    assert sorted(reasons) == sorted(str(shared_data / "bad" / n) for n in BAD)
-    assert "shorter than claimed" in reasons[str(shared_data / "bad" / "half_bikes.mp4")]
-    assert all("cannot open" in reasons[str(shared_data / "bad" / n)] for n in BAD[:3])
+    assert sorted(reasons) == sorted(str(test_videos[n]) for n in BAD)
+    assert "shorter than claimed" in reasons[str(test_videos["half.mp4"])]
+    assert all("cannot open" in reasons[str(test_videos[n])] for n in BAD[:3])
 
 
-def test_skip_bound(shared_data):
+def test_skip_bound(test_videos):
     cfg = DataConfig(**SMALL, max_skip_fraction=0.05, skip_min_rows=20)
     with pytest.raises(SkipBoundError, match=r"4 of 7 videos skipped .*max_skip_fraction 5.0%"):
-        list(ClipIterator(cfg, "train", records=records(shared_data, BAD)))   # final check at the end
+        list(ClipIterator(cfg, "train", records=records(test_videos, BAD)))   # final check at the end
     stats = SkipStats()
     stats.add(19, [("a", "x")] * 2)
     stats.check(0.05, 20)                                       # below min rows: deferred

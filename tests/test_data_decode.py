@@ -1,16 +1,13 @@
-"""PyAV decoding against independent references: full decodes, a frame-index pattern, the shared bad files."""
+"""PyAV decoding against independent references: full decodes, the frames' own index stamps, seeking past irregular
+key frames, resizing, odd sizes, VP9, and the broken files (all made by tests/videos.py)."""
 import av
 import numpy as np
 import pytest
 
 from sigma_ray.data.decode import VideoDecodeError, VideoReader, read_frames, resized_size
 
-REAL = {  # name: (width, height, frames)
-    "bigbuckbunny.mp4": (1280, 720, 132),
-    "bikes.mp4": (640, 272, 250),
-    "carphone_pristine.mp4": (176, 144, 120),
-    "carphone_distorted.mp4": (176, 144, 120),
-}
+from videos import SPECS, read_stamp
+
 
 
 def full_decode(path):
@@ -18,33 +15,40 @@ def full_decode(path):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
-@pytest.mark.parametrize("name", sorted(REAL))
-def test_real_video_metadata_and_frames(shared_data, name):
-    w, h, n = REAL[name]
-    with VideoReader(shared_data / "videos" / name) as r:
-        assert (r.info.width, r.info.height, r.info.num_frames) == (w, h, n)
+@pytest.mark.parametrize("key", sorted(SPECS))
+def test_metadata_and_frames_match_a_full_decode(test_videos, key):
+    spec = SPECS[key]
+    n = spec.frames
+    with VideoReader(test_videos[key]) as r:
+        assert (r.info.width, r.info.height, r.info.num_frames) == (spec.width, spec.height, n)
+        assert r.info.fps == pytest.approx(float(spec.fps))
         idx = [0, 1, n // 2, n - 1, n - 1]
         clip = r.frames(idx)
-    assert clip.dtype == np.uint8 and clip.shape == (5, h, w, 3)
-    if name != "bigbuckbunny.mp4":  # the 720p reference decode is the slow one; bikes covers seeking
-        ref = full_decode(shared_data / "videos" / name)
-        assert len(ref) == n
-        np.testing.assert_array_equal(clip, ref[idx])
+    assert clip.dtype == np.uint8 and clip.shape == (5, spec.height, spec.width, 3)
+    ref = full_decode(test_videos[key])
+    assert len(ref) == n
+    np.testing.assert_array_equal(clip, ref[idx])
+    assert [read_stamp(f[spec.letterbox:]) for f in clip] == idx              # frame i is the i-th written
+    if spec.letterbox:                                                        # the bars are decoded as they are
+        assert clip[:, : spec.letterbox - 2].max() < 40 and clip[:, -(spec.letterbox - 2):].max() < 40
 
 
-def test_seek_in_middle_of_bikes_matches_decode_from_start(shared_data):
-    ref = full_decode(shared_data / "videos" / "bikes.mp4")   # key frames at 0, 30, 76, 137, 187, 242
-    with VideoReader(shared_data / "videos" / "bikes.mp4") as r:
-        for start in (29, 30, 31, 100, 140, 200, 234):
+def test_seeking_past_irregular_key_frames_matches_decoding_from_the_start(test_videos):
+    ref = full_decode(test_videos["wide"])                    # key frames at 0, 17 and 40 only
+    with VideoReader(test_videos["wide"]) as r:
+        for start in (15, 16, 17, 18, 30, 39, 40, 41, 44):
             idx = list(range(start, start + 16))
             np.testing.assert_array_equal(r.frames(idx), ref[idx], err_msg=f"start {start}")
-        idx = [200, 100, 100, 5]   # any order, repeats
+        idx = [50, 20, 20, 5]   # any order, repeats
         np.testing.assert_array_equal(r.frames(idx), ref[idx])
+        assert [read_stamp(f) for f in r.frames(idx)] == idx
 
 
-def test_resize_in_decoder_keeps_aspect(shared_data):
-    clip = read_frames(shared_data / "videos" / "bigbuckbunny.mp4", [10, 20], short_side=320)
-    assert clip.shape == (2, 320, 568, 3)
+def test_resize_in_decoder_keeps_aspect(test_videos):
+    clip = read_frames(test_videos["wide"], [10, 20], short_side=180)     # 640x360 -> 320x180
+    assert clip.shape == (2, 180, 320, 3)
+    assert [read_stamp(f) for f in clip] == [10, 20]
+    assert read_frames(test_videos["odd"], [3], short_side=64).shape == (1, 64, 86, 3)   # 131x97: even sides
     assert resized_size(640, 272, 320) == (640, 272)        # never upscales
     assert resized_size(272, 640, 136) == (136, 320)
 
@@ -81,18 +85,18 @@ def test_decoded_frames_carry_their_index(tmp_path):
 
 @pytest.mark.parametrize("name,reason", [
     ("empty.mp4", "cannot open"), ("not_a_video.mp4", "cannot open"),
-    ("truncated_bikes.mp4", "cannot open"), ("half_bikes.mp4", "shorter than claimed"),
+    ("truncated.mp4", "cannot open"), ("half.mp4", "shorter than claimed"),
 ])
-def test_bad_files_raise_typed_error(shared_data, name, reason):
-    path = shared_data / "bad" / name
+def test_bad_files_raise_typed_error(test_videos, name, reason):
+    path = test_videos[name]
     with pytest.raises(VideoDecodeError) as e:
         read_frames(path, [0])
     assert e.value.path == str(path) and reason in e.value.reason
 
 
-def test_half_bikes_detected_while_decoding_without_verify(shared_data):
-    with VideoReader(shared_data / "bad" / "half_bikes.mp4", verify=False) as r:
-        assert r.info.num_frames == 250
-        assert r.frames([0, 50, 113]).shape == (3, 272, 640, 3)
-        with pytest.raises(VideoDecodeError, match="113|could not be decoded|decoding failed"):
-            r.frames([100, 120])
+def test_a_file_shorter_than_it_claims_fails_while_decoding_without_verify(test_videos):
+    with VideoReader(test_videos["half.mp4"], verify=False) as r:
+        assert r.info.num_frames == 120                         # what the container claims
+        assert [read_stamp(f) for f in r.frames([0, 10, 30])] == [0, 10, 30]
+        with pytest.raises(VideoDecodeError, match="could not be decoded|decoding failed"):
+            r.frames([100, 110])

@@ -17,10 +17,10 @@ def by_id(batches):
     return out
 
 
-def test_ray_matches_plain_iterator_and_skips_bad_files(ray_session, shared_data):
+def test_ray_matches_plain_iterator_and_skips_bad_files(ray_session, test_videos):
     cfg = DataConfig(**{**SMALL, "batch_size": 2}, seed=5, max_skip_fraction=1.0, num_actors_min=1, num_actors_max=2,
                      actor_num_cpus=0.5)
-    recs = records(shared_data, BAD)
+    recs = records(test_videos, BAD)
     pipe = ClipPipeline(cfg, "train", recs)
     batches = list(pipe.iter_torch_batches(epoch=1))
     b = batches[0]
@@ -35,14 +35,14 @@ def test_ray_matches_plain_iterator_and_skips_bad_files(ray_session, shared_data
             np.testing.assert_array_equal(ray_samples[vid][k], ref[vid][k], err_msg=f"{vid} {k}")
     stats = pipe.stats(1)
     assert stats.seen == 7
-    assert sorted(p for p, _ in stats.skipped) == sorted(str(shared_data / "bad" / n) for n in BAD)
+    assert sorted(p for p, _ in stats.skipped) == sorted(str(test_videos[n]) for n in BAD)
     assert pipe.stats(0).seen == 0                                # counted per epoch
 
 
-def test_ray_skip_bound_fails_the_run(ray_session, shared_data):
+def test_ray_skip_bound_fails_the_run(ray_session, test_videos):
     cfg = DataConfig(**{**SMALL, "batch_size": 7}, max_skip_fraction=0.05, skip_min_rows=5, actor_num_cpus=0.5,
                      num_actors_max=1)
-    ds = build_dataset(cfg, "train", 0, records(shared_data, BAD))
+    ds = build_dataset(cfg, "train", 0, records(test_videos, BAD))
     with pytest.raises(Exception, match="SkipBoundError|videos skipped") as e:
         ds.take_all()
     assert "max_skip_fraction" in str(e.value)

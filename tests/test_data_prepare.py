@@ -1,10 +1,11 @@
-"""``sigma-ray prepare`` on the shared real videos and the broken ones (real PyAV, real Ray tasks)."""
-import io
+"""``sigma-ray prepare`` on the suite's real videos and the broken ones (real PyAV, real Ray tasks), and the edge cases
+of a folder: a directory named like a video, a dangling link, the output folder inside the input."""
 import os
 from pathlib import Path
 
+import re
+
 import av
-import numpy as np
 import pytest
 
 from sigma_ray.config import ConfigError
@@ -12,12 +13,13 @@ from sigma_ray.data.annotations import load_list
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoReader
 from sigma_ray.data.iterator import ClipIterator
-from sigma_ray.data.prepare import (PrepareConfig, Progress, add_arguments, config_from_args, prepare,
-                                    read_manifest)
+from sigma_ray.data.prepare import PrepareConfig, add_arguments, config_from_args, prepare, read_manifest
 
-GOOD = {"bunny": ["bigbuckbunny.mp4"], "bikes": ["bikes.mp4"], "phone": ["carphone_distorted.mp4",
-                                                                          "carphone_pristine.mp4"]}
-BAD = ("empty.mp4", "half_bikes.mp4", "not_a_video.mp4", "truncated_bikes.mp4")
+from videos import read_stamp
+
+# class folder -> test videos in it (tests/videos.py): "wide" has an audio track, "odd" is 131x97, "vp9" a webm
+GOOD = {"box": ["letterbox", "vp9"], "phone": ["odd", "phone"], "wide": ["wide"]}
+BAD = ("empty.mp4", "half.mp4", "not_a_video.mp4", "truncated.mp4")
 
 
 def frames_of(path):
@@ -33,32 +35,32 @@ def frames_of(path):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, shared_data, ray_session):
+def prepared(tmp_path_factory, test_videos, ray_session):
     src = tmp_path_factory.mktemp("raw")
     for cls, names in GOOD.items():
         (src / cls).mkdir()
         for n in names:
-            os.symlink(shared_data / "videos" / n, src / cls / n)
+            os.symlink(test_videos[n], src / cls / test_videos[n].name)
     for n in BAD:                                     # broken files inside a class folder, beside good ones
-        os.symlink(shared_data / "bad" / n, src / "bikes" / f"bad_{n}")
+        os.symlink(test_videos[n], src / "box" / f"bad_{n}")
     out = tmp_path_factory.mktemp("prepared")
     cfg = PrepareConfig(out=str(out), src=str(src), size=160, task_num_cpus=0.5, progress=False)
     return cfg, prepare(cfg), src, out
 
 
-def test_outputs_decode_and_match_the_manifest(prepared):
+def test_outputs_decode_and_match_the_manifest(prepared, test_videos):
     cfg, result, src, out = prepared
     m = read_manifest(out).to_pylist()
-    assert len(m) == result.total == 8 and result.transcoded == 8 and result.ok == 4
+    assert len(m) == result.total == 9 and result.transcoded == 9 and result.ok == 5
     ok = [r for r in m if r["status"] == "ok"]
-    assert sorted(Path(r["src"]).name for r in ok) == sorted(n for ns in GOOD.values() for n in ns)
+    assert sorted(Path(r["src"]).name for r in ok) == sorted(test_videos[n].name for ns in GOOD.values() for n in ns)
     for r in ok:
         path = out / r["path"]
         n_src, _, _ = frames_of(r["src"])
         n_out, keys, audio = frames_of(path)
         assert n_out == n_src == r["num_frames"] == r["src_num_frames"], r
-        assert audio == 0                                                  # bigbuckbunny has audio: dropped
-        assert keys[0] == 0 and max(np.diff(keys + [n_out])) <= cfg.gop   # a key frame every 16 frames
+        assert audio == 0                                                  # "wide" has audio: dropped
+        assert keys == list(range(0, n_out, cfg.gop))                      # key frames every 16 frames, only
         x264_settings = path.read_bytes()                                  # x264 writes them into the stream
         assert b"cabac=0" in x264_settings and b"deblock=0:" in x264_settings   # tune=fastdecode
         with VideoReader(str(path)) as v:
@@ -66,33 +68,37 @@ def test_outputs_decode_and_match_the_manifest(prepared):
             assert abs(v.info.fps - r["fps"]) < 1e-3 and r["duration"] == pytest.approx(r["num_frames"] / r["fps"])
             last = v.frames(range(r["num_frames"] - 16, r["num_frames"]))   # a late window decodes
             assert last.shape == (16, r["height"], r["width"], 3)
+        box = 52 * r["height"] // r["src_height"] if "letterbox" in r["src"] else 0
+        assert [read_stamp(f[box:]) for f in last] == list(range(r["num_frames"] - 16, r["num_frames"]))
         short = min(r["src_width"], r["src_height"])
-        assert min(r["width"], r["height"]) == min(160, short)             # short side 160, never upscaled
+        assert min(r["width"], r["height"]) == min(160, short - short % 2)   # short side 160, never upscaled
         aspect = r["src_width"] / r["src_height"]
         assert abs(r["width"] / r["height"] - aspect) < 0.02
-    bunny = next(r for r in ok if r["src"].endswith("bigbuckbunny.mp4"))
-    assert (bunny["width"], bunny["height"]) == (284, 160)
+    wide = next(r for r in ok if r["src"].endswith("wide.mp4"))
+    assert (wide["width"], wide["height"]) == (284, 160)
+    odd = next(r for r in ok if r["src"].endswith("odd.mp4"))
+    assert (odd["width"], odd["height"]) == (130, 96)                     # odd sides rounded down to even
 
 
-def test_broken_inputs_are_listed_with_reasons_and_nothing_else_is_lost(prepared, shared_data):
+def test_broken_inputs_are_listed_with_reasons_and_nothing_else_is_lost(prepared):
     cfg, result, src, out = prepared
     failed = dict(result.failed)
     assert sorted(Path(p).name for p in failed) == sorted(f"bad_{n}" for n in BAD)
     assert all(reason for reason in failed.values())
-    assert "114 of 250" in failed[str(src / "bikes" / "bad_half_bikes.mp4")]   # names the missing frames
+    assert re.search(r"after \d+ of 120 frames", failed[str(src / "box" / "bad_half.mp4")])   # names the shortfall
     m = {Path(r["src"]).name: r for r in read_manifest(out).to_pylist()}
     for n in BAD:
         r = m[f"bad_{n}"]
         assert r["status"] == "failed" and r["reason"] == failed[r["src"]] and r["num_frames"] is None
         assert not (out / r["path"]).exists() and not (out / (r["path"] + ".part")).exists()
-    assert (out / "classes.txt").read_text().split() == ["bikes", "bunny", "phone"]
+    assert (out / "classes.txt").read_text().split() == ["box", "phone", "wide"]
     recs = load_list(out / "train.csv", root=str(out))                   # VideoMAE format, ok videos only
     assert sorted((Path(r.path).name, r.label) for r in recs) == [
-        ("bigbuckbunny.mp4", 1), ("bikes.mp4", 0), ("carphone_distorted.mp4", 2), ("carphone_pristine.mp4", 2)]
+        ("letterbox.mp4", 0), ("odd.mp4", 1), ("phone.mp4", 1), ("vp9.mp4", 0), ("wide.mp4", 2)]
     data = DataConfig(train_list=str(out / "train.csv"), root=str(out), num_frames=8, sampling_rate=2,
-                      input_size=64, decode_short_side=96, batch_size=4, max_skip_fraction=0.0)
+                      input_size=64, decode_short_side=96, batch_size=5, max_skip_fraction=0.0)
     batches = list(ClipIterator(data, "train"))
-    assert len(batches) == 1 and batches[0]["clips"].shape == (4, 8, 64, 64, 3)
+    assert len(batches) == 1 and batches[0]["clips"].shape == (5, 8, 64, 64, 3)
 
 
 def test_second_run_does_no_work(prepared):
@@ -101,8 +107,8 @@ def test_second_run_does_no_work(prepared):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     manifest = read_manifest(out)
     again = prepare(cfg)
-    assert again.transcoded == 0 and again.skipped == 8
-    assert sorted(again.failed) == sorted(first.failed) and again.ok == 4
+    assert again.transcoded == 0 and again.skipped == 9
+    assert sorted(again.failed) == sorted(first.failed) and again.ok == 5
     for p in files:
         if p.suffix == ".mp4":
             assert p.stat().st_mtime_ns == before[p][0], p                # not rewritten
@@ -110,10 +116,10 @@ def test_second_run_does_no_work(prepared):
     assert read_manifest(out).equals(manifest)
 
 
-def test_annotation_lists_webm_height_resize_and_resume(tmp_path, shared_data, ray_session):
+def test_annotation_lists_webm_height_resize_and_resume(tmp_path, test_videos, ray_session):
     raw = tmp_path / "raw"
     (raw / "clips").mkdir(parents=True)
-    with av.open(str(shared_data / "videos" / "carphone_pristine.mp4")) as c, \
+    with av.open(str(test_videos["phone"])) as c, \
             av.open(str(raw / "clips" / "a.webm"), "w") as w:              # an SSv2-like webm (VP8), 40 frames
         s = w.add_stream("libvpx", rate=25)
         s.width, s.height, s.pix_fmt = 176, 144, "yuv420p"
@@ -122,7 +128,7 @@ def test_annotation_lists_webm_height_resize_and_resume(tmp_path, shared_data, r
                 break
             w.mux(s.encode(f.reformat(format="yuv420p")))
         w.mux(s.encode(None))
-    os.symlink(shared_data / "videos" / "carphone_distorted.mp4", raw / "clips" / "b.mp4")
+    os.symlink(test_videos["odd"], raw / "clips" / "b.mp4")
     (raw / "train.csv").write_text("clips/a.webm 3\nclips/b.mp4 5\n")
     (raw / "val.csv").write_text("clips/a.webm 3\nclips/missing.mp4 1\n")
     out = tmp_path / "out"
@@ -153,7 +159,7 @@ def test_annotation_lists_webm_height_resize_and_resume(tmp_path, shared_data, r
     assert r4.transcoded == 3
 
 
-def test_cli_arguments_and_progress_line():
+def test_cli_arguments():
     import argparse
 
     ns = add_arguments(argparse.ArgumentParser()).parse_args(
@@ -165,31 +171,50 @@ def test_cli_arguments_and_progress_line():
         config_from_args(add_arguments(argparse.ArgumentParser()).parse_args(["a", "b", "--list", "x.csv"]))
     with pytest.raises(ConfigError, match="gop"):
         PrepareConfig(out="o", src="s", gop=0).validate()
-    buf = io.StringIO()
-    p = Progress(total=10, already=4, stream=buf)
-    p.t0 -= 2.0
-    p.update(failed=True)
-    p.show(final=True)
-    assert "5/10 videos, 1 failed, 4 already done" in buf.getvalue() and "ETA 0:00:1" in buf.getvalue()
 
 
-def test_sigma_ray_prepare_command(tmp_path, shared_data, ray_session, capsys):
+def test_every_candidate_is_listed_and_the_output_inside_the_input_is_never_ingested(tmp_path, test_videos,
+                                                                                     ray_session):
+    """A directory named x.mp4 and a dangling link appear in the manifest as failed, with the reason; with OUT
+    inside RAW, running three times prepares the same two videos and never makes a class of OUT."""
+    src = tmp_path / "raw"
+    (src / "a" / "x.mp4").mkdir(parents=True)                             # a directory with a video's name
+    os.symlink(test_videos["phone"], src / "a" / "phone.mp4")
+    os.symlink(tmp_path / "gone.mp4", src / "a" / "gone.mp4")             # dangling
+    (src / "b").mkdir()
+    os.symlink(test_videos["odd"], src / "b" / "odd.mp4")
+    out = src / "prepared"
+    cfg = PrepareConfig(out=str(out), src=str(src), size=96, task_num_cpus=0.5, progress=False)
+    for _ in range(3):
+        result = prepare(cfg)
+        rows = {Path(r["src"]).name: r for r in read_manifest(out).to_pylist()}
+        assert sorted(rows) == ["gone.mp4", "odd.mp4", "phone.mp4", "x.mp4"] and result.total == 4
+        assert rows["x.mp4"]["status"] == "failed" and "directory" in rows["x.mp4"]["reason"]
+        assert rows["gone.mp4"]["status"] == "failed" and "dangling" in rows["gone.mp4"]["reason"]
+        assert str(tmp_path / "gone.mp4") in rows["gone.mp4"]["reason"]
+        assert result.ok == 2 and (out / "classes.txt").read_text().split() == ["a", "b"]
+    assert result.transcoded == 0                                          # the third run redid nothing
+
+
+def test_sigma_ray_prepare_command(tmp_path, test_videos, ray_session, capsys):
     from sigma_ray.cli import main
 
     src, out = tmp_path / "raw", tmp_path / "out"
-    for cls, video in (("a", shared_data / "videos" / "carphone_distorted.mp4"),
-                       ("b", shared_data / "bad" / "empty.mp4")):
+    for cls, video in (("a", test_videos["phone"]), ("b", test_videos["empty.mp4"])):
         (src / cls).mkdir(parents=True)
         os.symlink(video, src / cls / video.name)
-    args = ["prepare", str(src), str(out), "--short-side", "96", "--gop", "8", "--tune", "none", "--task-cpus", "0.5",
-            "--quiet"]
+    args = ["prepare", str(src), str(out), "--short-side", "96", "--gop", "8", "--tune", "none", "--task-cpus", "0.5"]
     assert main(args) == 0                                                 # a failed video is listed, not fatal
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "1 of 2 videos ready" in printed and f"failed: {src / 'b' / 'empty.mp4'}: cannot open" in printed
-    assert (out / "train.csv").read_text() == "videos/a/carphone_distorted.mp4 0\n"
-    assert b"cabac=1" in (out / "videos/a/carphone_distorted.mp4").read_bytes()   # x264's defaults, as asked
+    assert re.search(r"prepare: 100%.* 2/2 ", captured.err)                # tqdm's bar on stderr
+    assert (out / "train.csv").read_text() == "videos/a/phone.mp4 0\n"
+    assert b"cabac=1" in (out / "videos/a/phone.mp4").read_bytes()         # x264's defaults, as asked
     assert [(r["status"], r["width"], r["height"]) for r in read_manifest(out).to_pylist()] == [
         ("ok", 116, 96), ("failed", None, None)]                             # 176x144 -> 117x96 -> even
-    assert main(args) == 0 and "(0 prepared now, 2 already done" in capsys.readouterr().out   # nothing to redo
+    assert main(args + ["--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "(0 prepared now, 2 already done" in captured.out and "prepare:" not in captured.err   # nothing to redo
     assert main(["prepare", str(src), str(out), "--gop", "0"]) == 2        # a bad option names its field
     assert "gop" in capsys.readouterr().err

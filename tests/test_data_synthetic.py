@@ -61,7 +61,13 @@ def ridge(ftr, ytr, fva, lam=10.0):
 def test_deterministic_by_seed(synth, tmp_path):
     again = make_synthetic(tmp_path, num_classes=8, train_per_class=1, val_per_class=1, frames=20, seed=1)
     first = lambda p: read_frames(f"{p['root']}/{open(p['train']).readline().split()[0]}", range(20))
-    np.testing.assert_array_equal(first(again), first(synth))
+    # The rendered frames are identical (checked on this machine), but libx264's output is not byte-identical run
+    # to run once torch is loaded in the process (seen: mean |diff| 1.5 grey levels from frame 16 on), so the
+    # decoded videos are compared with a tolerance far below another seed's distance (~36).
+    diff = lambda a, b: np.abs(first(a).astype(float) - first(b).astype(float)).mean()
+    assert diff(again, synth) < 4
+    other = make_synthetic(tmp_path / "other", num_classes=8, train_per_class=1, val_per_class=1, frames=20, seed=2)
+    assert diff(other, synth) > 20
     lines = open(synth["train"]).read().splitlines()
     assert len(lines) == 96 and lines[0].endswith(" 0") and lines[1].endswith(" 1")
 

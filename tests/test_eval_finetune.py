@@ -7,9 +7,10 @@ from timm.layers import DropPath
 
 from sigma_ray.data.config import DataConfig
 from sigma_ray.eval.config import FinetuneConfig
-from sigma_ray.eval.finetune import (ClipAugment, VideoClassifier, finetune, layer_id, lr_at, make_mixup, mix_clips,
+from sigma_ray.eval.finetune import (ClipAugment, VideoClassifier, finetune, layer_id, make_mixup, mix_clips,
                                      param_groups, with_drop_path)
 from sigma_ray.model.vit import ModelConfig
+from sigma_ray.schedule import warmup_cosine
 
 MODEL = ModelConfig(size="tiny", num_frames=8, img_size=64)
 
@@ -54,10 +55,10 @@ def test_with_drop_path_copies_weights(encoder):
 
 
 def test_lr_schedule():
-    assert lr_at(0, 100, 10, 1.0, 0.0) == pytest.approx(0.1)
-    assert lr_at(9, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)
-    assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+    assert warmup_cosine(0, 100, 10, 1.0, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
 
 
 def test_augmentation_is_the_same_for_every_frame():

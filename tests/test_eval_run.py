@@ -13,6 +13,8 @@ from sigma_ray.eval.config import EvalConfig, FinetuneConfig, KnnConfig, LinearC
 from sigma_ray.eval.run import (check_shapes, confusion_matrix, evaluate, load_any_encoder, plot_confusion,
                                 resolve_encoder)
 from sigma_ray.model.export import save_encoder
+from sigma_ray.model.sigma import ObjectiveConfig, build_model
+from sigma_ray.train.checkpoint import save_checkpoint
 from sigma_ray.model.vit import ModelConfig
 
 MODEL = ModelConfig(size="tiny", num_frames=8, img_size=64)
@@ -61,14 +63,14 @@ def test_resolve_export_run_dir_and_checkpoints(encoder, tmp_path):
         resolve_encoder(run)
     # a trainer-shaped run: config.yaml with the model section, checkpoints holding the whole training model
     (run / "config.yaml").write_text(yaml.safe_dump({"name": "r", "model": dataclasses.asdict(MODEL)}))
-    full = {f"video.encoder.{k}": v for k, v in encoder.state_dict().items()}
-    full["video.decoder.head.weight"] = torch.zeros(3, 3)
-    for step, scale in ((5, 0.0), (10, 1.0)):
-        ckpt = run / f"checkpoint_{step:08d}"
-        ckpt.mkdir()
-        torch.save({"model": {k: v * scale for k, v in full.items()}, "step": step}, ckpt / "state.pt")
+    for step, scale in ((5, 0.0), (10, 1.0), (15, 2.0)):
+        model = build_model(MODEL, ObjectiveConfig(num_prototypes=16))
+        model.video.encoder.load_state_dict({k: v * scale for k, v in encoder.state_dict().items()})
+        save_checkpoint(run / f"checkpoint_{step:08d}", step=step, model=model)
+    damaged = run / "checkpoint_00000015" / "state.pt"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
     kind, where = resolve_encoder(run)
-    assert (kind, where.name) == ("checkpoint", "checkpoint_00000010")       # the latest
+    assert (kind, where.name) == ("checkpoint", "checkpoint_00000010")       # the newest valid one
     loaded, _ = load_any_encoder(run)
     assert not loaded.training and loaded.export_meta["step"] == 10
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), loaded.state_dict().values()))

@@ -12,8 +12,6 @@ from sigma_ray.config import ConfigError
 from sigma_ray.model.export import load_encoder, save_encoder
 from sigma_ray.model.sigma import ObjectiveConfig, build_model
 from sigma_ray.model.vit import ModelConfig
-from sigma_ray.train.checkpoint import (TrainState, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                        read_state, save_checkpoint)
 from sigma_ray.train.cli import build_parser, config_from_args, main
 from sigma_ray.train.config import TrainConfig, load_pretrain_config
 from sigma_ray.train.optim import build_optimizer, make_schedule, no_weight_decay, param_groups
@@ -114,7 +112,7 @@ def test_param_groups_skip_norms_biases_and_tokens():
 def test_schedule_warmup_cosine_and_scaling():
     t = TrainConfig(epochs=10, warmup_epochs=2, base_lr=1.5e-4, min_lr=1e-5, weight_decay=0.04,
                     weight_decay_end=0.4)
-    s = make_schedule(t, steps_per_epoch=5, global_batch=512)
+    s = make_schedule(t, total=50, global_batch=512)
     assert s.total_steps == 50 and s.warmup_steps == 10
     assert s.peak_lr == pytest.approx(3e-4) and s.min_lr == pytest.approx(2e-5)
     assert s.lr(0) == pytest.approx(3e-5) and s.lr(9) == pytest.approx(3e-4)
@@ -123,38 +121,31 @@ def test_schedule_warmup_cosine_and_scaling():
     assert s.lr(50) == pytest.approx(2e-5) and s.lr(49) > 2e-5
     assert all(s.lr(i + 1) <= s.lr(i) + 1e-12 for i in range(10, 50))
     assert s.wd(0) == pytest.approx(0.04) and s.wd(50) == pytest.approx(0.4)
-    capped = make_schedule(TrainConfig(epochs=800, warmup_epochs=40, max_steps=100), 1000, 256)
-    assert capped.total_steps == 100 and capped.warmup_steps == 5
+    capped = make_schedule(TrainConfig(epochs=800, warmup_epochs=40), 100, 256)
+    assert capped.total_steps == 100 and capped.warmup_steps == 5     # warm-up keeps its 5% of the run
     model = torch.nn.Linear(3, 3)
     opt = build_optimizer(model, 1.0, 0.05, (0.9, 0.95))
     assert s.apply(opt, 30) == pytest.approx(s.lr(30))
     assert [g["weight_decay"] for g in opt.param_groups] == [pytest.approx(s.wd(30)), 0.0]
 
 
-def test_checkpoint_roundtrip_and_encoder_export(tmp_path):
+def test_run_length_counts_whole_global_batches_and_caps():
+    from sigma_ray.train.launch import run_length
+
+    cfg = load_pretrain_config(TINY, ["train.epochs=3", "train.steps_per_epoch=null", "data.batch_size=4",
+                                      "train.num_workers=2"])
+    assert run_length(cfg, 50) == (6, 18)                              # 50 // 8 whole global batches per epoch
+    assert run_length(load_pretrain_config(TINY, ["train.epochs=3", "train.steps_per_epoch=2"]), 50) == (2, 6)
+    assert run_length(load_pretrain_config(TINY, ["train.epochs=800", "train.max_steps=100",
+                                                  "train.steps_per_epoch=null"]), 4000) == (1000, 100)
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        run_length(cfg, 7)
+
+
+def test_encoder_export_loads_without_ray(tmp_path):
     cfg = ModelConfig("tiny", 8, 64)
     torch.manual_seed(0)
     model = build_model(cfg, ObjectiveConfig(num_prototypes=16))
-    opt = build_optimizer(model, 1e-3, 0.05, (0.9, 0.95))
-    model(torch.randn(2, 3, 8, 64, 64), torch.tensor([[True] * 56 + [False] * 8] * 2))["loss"].backward()
-    opt.step()
-    save_checkpoint(tmp_path / "checkpoint_00000007", model, opt, None, TrainState(7, 1, 1, 12), rank=0)
-    save_checkpoint(tmp_path / "checkpoint_00000007", model, opt, None, TrainState(7, 1, 1, 12), rank=1)
-    after = torch.rand(3)
-    save_checkpoint(tmp_path / "checkpoint_00000003", model, None, None, TrainState(3), rank=0)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint_00000003", "checkpoint_00000007"]
-    assert latest_checkpoint(tmp_path).name == "checkpoint_00000007"
-    torch.manual_seed(123)
-    other = build_model(cfg, ObjectiveConfig(num_prototypes=16))
-    other_opt = build_optimizer(other, 1e-3, 0.05, (0.9, 0.95))
-    state = load_checkpoint(tmp_path / "checkpoint_00000007", other, other_opt, None, rank=0)
-    assert (state.step, state.epoch, state.data_epoch, state.data_offset) == (7, 1, 1, 12)
-    assert torch.equal(torch.rand(3), after)  # the RNG continues where it was saved
-    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
-        assert torch.equal(a, b)
-    assert other_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
-    assert read_state(tmp_path / "checkpoint_00000003").step == 3
-
     path = save_encoder(model.encoder, cfg, tmp_path / "encoder.pt", {"step": 7})
     code = (f"import sys, torch; from sigma_ray.model.export import load_encoder; "
             f"e = load_encoder({str(path)!r}); assert 'ray' not in sys.modules; "
@@ -166,11 +157,12 @@ def test_checkpoint_roundtrip_and_encoder_export(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), model.encoder.state_dict().values()))
 
 
-def test_placement_error_before_any_worker_starts(ray_session, tmp_path):
+def test_placement_error_before_any_worker_starts(ray_session, tiny_synthetic, tmp_path):
     from sigma_ray.train.launch import PlacementError, placement_problems, pretrain
 
     cfg = load_pretrain_config(TINY, ["train.num_workers=8", "train.cpus_per_worker=1", "synthetic=false",
-                                      f"data.train_list={tmp_path}/missing.csv"],
+                                      "data.batch_size=1", f"data.train_list={tiny_synthetic['train']}",
+                                      f"data.root={tiny_synthetic['root']}"],
                                name="too_big", storage_path=str(tmp_path))
     assert placement_problems(cfg)
     with pytest.raises(PlacementError, match="8 training workers"):

@@ -31,7 +31,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """A local head on 127.0.0.1 (token auth off, as Ray allows only there) with the dashboard; yields its URL."""
+    """The README's local head (token authentication on, dashboard on 127.0.0.1) with the session's token; yields
+    its URL, its Popen and the environment a client needs (RAY_AUTH_MODE=token sends the token)."""
     ray_bin = Path(sys.executable).parent / "ray"
     port, dash = free_port(), free_port()
     # Every port Ray would otherwise take by default: the session's own Ray (other tests) already holds those,
@@ -39,19 +40,20 @@ def head(tmp_path_factory):
     ports = {flag: free_port() for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                             "--metrics-export-port", "--runtime-env-agent-port",
                                             "--ray-client-server-port")}
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the jobs' python
     temp_dir = tmp_path_factory.mktemp("ray_head")
     proc = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
          f"--temp-dir={temp_dir}", "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{dash}"
+    auth = {"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"}
     deadline = time.time() + 180
     while True:
         try:
-            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            urllib.request.urlopen(urllib.request.Request(f"{url}/api/version", headers=auth), timeout=2)
             break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
@@ -62,7 +64,7 @@ def head(tmp_path_factory):
     # no-op job until one is accepted and finishes.
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(url)
+    client = JobSubmissionClient(url, headers=auth)
     while True:
         try:
             ready = client.submit_job(entrypoint="python -c pass")
@@ -74,7 +76,7 @@ def head(tmp_path_factory):
             time.sleep(2)
     while client.get_job_status(ready) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         time.sleep(1)
-    yield {"url": url, "env": env}
+    yield {"url": url, "env": env, "proc": proc, "port": port, "auth": auth}
     proc.terminate()  # --block: the head takes down the processes it started
     try:
         proc.wait(timeout=60)
@@ -111,10 +113,17 @@ def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_s
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "succeeded" in out.stdout.lower()
     assert "[sigma-ray] run via_cli: 4/4 steps" in out.stdout
+    assert "[sigma-ray] step 4/4 (100.0%)" in out.stdout                 # rank 0's lines, relayed by the driver
+    # Ray's own output stays in its logs; only the raylet's node-level messages (a worker killed for memory...)
+    # still reach the driver, prefixed "(raylet)"
+    lines = [line for line in out.stdout.splitlines() if "(raylet)" not in line]
+    for noise in ("TrainingReport(", "Reporting training result", "(RayTrainWorker", "(TrainController",
+                  "(SplitCoordinator", "WARNING"):
+        assert not any(noise in line for line in lines), noise
     check_run(tmp_path / "via_cli")
 
     # 2. the Python client
-    client = JobSubmissionClient(head["url"])
+    client = JobSubmissionClient(head["url"], headers=head["auth"])
     job_id = client.submit_job(entrypoint=" ".join(job_args(tiny_synthetic, tmp_path, "via_client")),
                                runtime_env={"working_dir": str(ROOT)}, submission_id="client-job")
     deadline = time.time() + 600
@@ -128,7 +137,8 @@ def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_s
     check_run(tmp_path / "via_client")
 
     # 3. the dashboard's REST endpoint lists both jobs as succeeded
-    with urllib.request.urlopen(f"{head['url']}/api/jobs/", timeout=10) as r:
+    with urllib.request.urlopen(urllib.request.Request(f"{head['url']}/api/jobs/", headers=head["auth"]),
+                                timeout=10) as r:
         jobs = {j["submission_id"]: j for j in json.load(r)}
     assert jobs["cli-job"]["status"] == jobs["client-job"]["status"] == "SUCCEEDED"
     assert "experiments/pretrain.py" in jobs["client-job"]["entrypoint"]
@@ -162,3 +172,24 @@ def test_a_bad_config_fails_the_job_with_the_field_name(head, tmp_path):
     assert out.returncode != 0
     assert "ratio" in out.stdout and "failed" in out.stdout.lower()
     assert not list(tmp_path.iterdir())
+
+
+def test_the_local_head_exposes_only_what_the_readme_says(head):
+    """The README's head: the dashboard and job API on 127.0.0.1 only, refusing requests without the token; the
+    GCS refusing a call without it from any address; nothing else answering plain HTTP but metrics exporters."""
+    import psutil
+
+    from test_security import audit, http_status, listeners
+
+    root = psutil.Process(head["proc"].pid)
+    processes = [root] + root.children(recursive=True)
+    dash = int(head["url"].rsplit(":", 1)[1])
+    on_dash = [ip for ip, port, _ in listeners(processes) if port == dash]
+    assert on_dash and set(on_dash) <= {"127.0.0.1"}
+    assert http_status("127.0.0.1", dash) == 401
+    assert http_status("127.0.0.1", dash, os.environ["RAY_AUTH_TOKEN"]) == 200
+    audit(processes, f"127.0.0.1:{head['port']}", os.environ["RAY_AUTH_TOKEN"])
+    cli = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "list", "--address", head["url"]],
+                         env={**head["env"], "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode != 0                                       # a client without the token is refused

@@ -9,12 +9,15 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from sigma_ray.config import ConfigError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 UNLABELED = -1
 
 
-class AnnotationError(ValueError):
-    """A malformed row, a missing file or an unknown label; the message starts with ``file:line``."""
+class AnnotationError(ConfigError):
+    """A malformed row, a missing file or an unknown label; the message starts with ``file:line``. A config
+    error: the commands report it as one ``config error: ...`` line before any work starts."""
 
 
 class VideoRecord(NamedTuple):

@@ -9,7 +9,8 @@ only the order of samples may differ (compare by video id). Epochs reshuffle the
 Skipped videos: each actor drops them from its output batch and reports (rows seen, [(path, reason)]) to one
 small :class:`SkipStatsActor` per pipeline, which keeps the counts per epoch. The actor that pushes the count
 over ``max_skip_fraction`` (after ``skip_min_rows`` rows) raises SkipBoundError, which fails the dataset for
-every consumer; :meth:`ClipPipeline.iter_torch_batches` checks the final count once more at the end.
+every consumer; :meth:`ClipPipeline.iter_torch_batches` checks the final count once more at the end. (The
+trainer's stream leaves the bound to the training loop, which stops all its workers together.)
 
 Throughput: the same actor keeps a :class:`PipelineStats` per epoch (a SkipStats with more fields): clips
 produced by the clip actors and their busy time (producer side), and per consumer the clips taken, the time it
@@ -41,9 +42,10 @@ from sigma_ray.data.iterator import collate, has_views
 
 
 def ensure_ray() -> None:
-    """Connect to the running Ray (``RAY_ADDRESS`` or a local head), or start a local one."""
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    """Connect to the running Ray (``RAY_ADDRESS``), or start a local one (:func:`sigma_ray.ray_session.init_ray`)."""
+    from sigma_ray.ray_session import init_ray
+
+    init_ray()
 
 
 @dataclass
@@ -131,6 +133,9 @@ class SkipStatsActor:
     def get(self, epoch: int) -> PipelineStats:
         return self.epochs.get(epoch, PipelineStats())
 
+    def all(self) -> dict[int, PipelineStats]:
+        return dict(self.epochs)
+
 
 class ConsumerMeter:
     """Wraps a batch iterator and measures what its consumer (a trainer) gets: clips taken, seconds waited in
@@ -184,10 +189,12 @@ class ConsumerMeter:
 class ClipBatchUDF:
     """The ``map_batches`` callable class: one per actor, holding the decoder/augmentation settings."""
 
-    def __init__(self, config: DataConfig, split: str, epoch: int, stats: ray.actor.ActorHandle):
+    def __init__(self, config: DataConfig, split: str, epoch: int, stats: ray.actor.ActorHandle,
+                 enforce_bound: bool = True):
         self.config = config
         self.epoch = epoch
         self.stats = stats
+        self.enforce_bound = enforce_bound
         self.maker = ClipMaker(config, split)
         self.with_views = has_views(config, split)
 
@@ -203,7 +210,8 @@ class ClipBatchUDF:
         # synchronous, so the counts are complete by the time the consumer sees this batch's rows
         total = ray.get(self.stats.add.remote(self.epoch, len(batch["path"]), skipped, len(samples), busy,
                                               t_start, t_start + busy))
-        total.check(self.config.max_skip_fraction, self.config.skip_min_rows)
+        if self.enforce_bound:
+            total.check(self.config.max_skip_fraction, self.config.skip_min_rows)
         return collate(samples, self.with_views) if samples else self._empty()
 
     def _empty(self) -> dict[str, np.ndarray]:

@@ -19,6 +19,8 @@ Output, under ``out``:
 - ``.prepare/journal.jsonl``: one line per finished video, written as results arrive, so an interrupted run
   loses nothing.
 
+Progress: a tqdm bar on stderr (videos done, failures so far, videos/s, ETA); ``--quiet`` turns it off.
+
 Resumable and idempotent: a video whose journal entry matches its source file (size, mtime) and the encoding
 settings is not redone (failed ones neither, unless ``retry_failed``), so a second run does no work and writes
 the same lists and manifest. Every failure (unreadable, truncated, shorter than claimed, crashed worker) is
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import av
+from tqdm.auto import tqdm
 
 from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.data.annotations import UNLABELED, VIDEO_EXTENSIONS, load_list
@@ -73,7 +76,7 @@ class PrepareConfig:
     encode_threads: int = 1                    # FFmpeg threads per task (tasks already run in parallel)
     max_in_flight: int = 0                     # tasks submitted at once; 0 = 2 x what the cluster's CPUs fit
     retry_failed: bool = False                 # redo videos that failed in an earlier run
-    progress: bool = True                      # a progress line with ETA on stderr
+    progress: bool = True                      # a tqdm progress bar (videos/s, ETA) on stderr
 
     def validate(self) -> None:
         if self.src is None and not self.lists:
@@ -108,19 +111,37 @@ class Item:
     src: str      # absolute source path
     dst: str      # output path relative to out
     label: int
+    problem: str | None = None   # why the candidate cannot be a video at all (a directory, a dangling link)
 
 
-def _scan_classes(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, label) of ``folder/class/**/video`` (sorted class names) plus files directly in ``folder``."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    items = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
-            items.append((str(p), UNLABELED))
+def _candidate_problem(path: Path) -> str | None:
+    """Why a path with a video extension is no video file (None when it is a regular file or a link to one)."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"dangling symbolic link to {os.readlink(path)}"
+    if path.is_dir():
+        return "a directory, not a video file"
+    return "not a regular file"
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and (path == folder or folder in path.parents)
+
+
+def _scan_classes(folder: Path, exclude: Path | None = None) -> tuple[list[tuple[str, int, str | None]], list[str]]:
+    """(path, label, problem) of ``folder/class/**/video`` (sorted class names) plus files directly in ``folder``.
+    Every name with a video extension is a candidate, whatever it is (a directory, a dangling link: ``problem``
+    says so); nothing under ``exclude`` (the output folder) is."""
+    def candidates(paths):
+        return [p for p in paths if p.suffix.lower() in VIDEO_EXTENSIONS and not _inside(p.resolve(), exclude)]
+
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and d.suffix.lower() not in VIDEO_EXTENSIONS and not _inside(d.resolve(), exclude))
+    items = [(str(p), UNLABELED, _candidate_problem(p)) for p in candidates(sorted(folder.iterdir()))]
     for label, name in enumerate(classes):
-        for p in sorted((folder / name).rglob("*")):
-            if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
-                items.append((str(p), label))
+        for p in candidates(sorted((folder / name).rglob("*"))):
+            items.append((str(p), label, _candidate_problem(p)))
     return items, classes
 
 
@@ -129,34 +150,37 @@ def discover(config: PrepareConfig) -> tuple[list[Item], list[str] | None]:
 
     Output paths mirror the source paths relative to the source root (the folder, ``root``, or the deepest
     folder holding all listed videos), with the extension replaced by ``.mp4``; when two sources would map to
-    one output (``a.webm`` and ``a.mp4``), the later keeps its extension in the name (``a.webm.mp4``).
+    one output (``a.webm`` and ``a.mp4``), the later keeps its extension in the name (``a.webm.mp4``). In a folder,
+    every name with a video extension is an item (one that is a directory or a dangling link carries its
+    ``problem`` and is listed as failed), and the output folder is never scanned, even when it lies inside.
     """
-    raw: list[tuple[str, str, int]] = []   # (split, abs path, label)
+    raw: list[tuple[str, str, int, str | None]] = []   # (split, abs path, label, problem)
     classes = None
     lists = dict(config.lists)
     base: str | None = None
+    out = Path(config.out).resolve()
     if config.src is not None:
         src = Path(config.src).resolve()
         if src.is_dir():
             base = str(src)
-            split_dirs = [d for d in SPLIT_DIRS if (src / d).is_dir()]
+            split_dirs = [d for d in SPLIT_DIRS if (src / d).is_dir() and not _inside((src / d).resolve(), out)]
             if split_dirs:
                 for split in split_dirs:
-                    found, names = _scan_classes(src / split)
+                    found, names = _scan_classes(src / split, out)
                     if split == split_dirs[0]:
                         classes = names
                     index = {n: i for i, n in enumerate(classes)}
-                    for path, label in found:
+                    for path, label, problem in found:
                         if label != UNLABELED:
                             name = Path(path).relative_to(src / split).parts[0]
                             if name not in index:
                                 raise ConfigError(f"{src / split / name}: class {name!r} is not among the "
                                                   f"{split_dirs[0]} classes")
                             label = index[name]
-                        raw.append((split, path, label))
+                        raw.append((split, path, label, problem))
             else:
-                found, classes = _scan_classes(src)
-                raw += [("train", p, lab) for p, lab in found]
+                found, classes = _scan_classes(src, out)
+                raw += [("train", p, lab, problem) for p, lab, problem in found]
             if not raw:
                 raise ConfigError(f"{src}: no videos ({', '.join(VIDEO_EXTENSIONS)}) found")
         elif src.is_file():
@@ -168,16 +192,16 @@ def discover(config: PrepareConfig) -> tuple[list[Item], list[str] | None]:
             raise ConfigError(f"src {config.src} does not exist")
     for split, list_file in lists.items():
         for rec in load_list(list_file, config.root, config.labeled, check_files=False):
-            raw.append((split, os.path.abspath(rec.path), rec.label))
+            raw.append((split, os.path.abspath(rec.path), rec.label, None))
     if base is None:
         if config.root is not None:
             base = os.path.abspath(config.root)
         else:
-            base = os.path.commonpath([os.path.dirname(p) for _, p, _ in raw])
+            base = os.path.commonpath([os.path.dirname(p) for _, p, _, _ in raw])
     dst_of: dict[str, str] = {}
     taken: set[str] = set()
     items = []
-    for split, path, label in raw:
+    for split, path, label, problem in raw:
         if path not in dst_of:
             rel = os.path.relpath(path, base) if path.startswith(base + os.sep) else os.path.basename(path)
             stem, ext = os.path.splitext(rel)
@@ -190,7 +214,7 @@ def discover(config: PrepareConfig) -> tuple[list[Item], list[str] | None]:
                 n += 1
             taken.add(dst)
             dst_of[path] = dst
-        items.append(Item(split, path, dst_of[path], label))
+        items.append(Item(split, path, dst_of[path], label, problem))
     return items, classes
 
 
@@ -268,6 +292,9 @@ def _transcode(src: str, dst: str, tmp: str, enc: dict[str, Any], threads: int) 
                 for frame in inp.decode(s):
                     f = frame.reformat(width=width, height=height, format="yuv420p")
                     f.pts, f.time_base = n, tb   # constant frame rate: frame i at i / fps
+                    # a decoded frame keeps its source picture type, and x264 would make every source key frame
+                    # a key frame too; the output's key frames are every gop frames, no more
+                    f.pict_type = av.video.frame.PictureType.NONE
                     n += 1
                     out.mux(o.encode(f))
             except av.FFmpegError as e:
@@ -320,45 +347,6 @@ def read_journal(out: str | Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-class Progress:
-    """``prepare: 120/2400 videos, 3 failed, 40 already done | 2.1 videos/s | ETA 0:18:05`` on stderr: redrawn
-    in place on a terminal (at most twice a second), one line every 10 s otherwise."""
-
-    def __init__(self, total: int, already: int, enabled: bool = True, stream=None):
-        self.total, self.already, self.enabled = total, already, enabled
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.done = self.failed = 0
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, failed: bool) -> None:
-        self.done += 1
-        self.failed += failed
-        self.show()
-
-    def line(self) -> str:
-        elapsed = time.monotonic() - self.t0
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        todo = self.total - self.already - self.done
-        eta = _hms(todo / rate) if rate > 0 else "?"
-        return (f"prepare: {self.already + self.done}/{self.total} videos, {self.failed} failed, "
-                f"{self.already} already done | {rate:.2f} videos/s | ETA {eta}")
-
-    def show(self, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if final or now - self.last >= (0.5 if self.tty else 10.0):
-            self.last = now
-            self.stream.write(("\r" + self.line() + ("\n" if final else "")) if self.tty else self.line() + "\n")
-            self.stream.flush()
-
-
 # ----------------------------------------------------------------------------------------------- the Ray job
 
 @dataclass
@@ -403,10 +391,15 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
     (out / ".prepare").mkdir(parents=True, exist_ok=True)
     journal = read_journal(out)
     videos: dict[str, str] = {}                       # src -> dst, list order
+    results: dict[str, dict[str, Any]] = {}
     for it in items:
         videos.setdefault(it.src, it.dst)
-    todo, results = [], {}
+        if it.problem is not None:                    # no video file at all: failed without a task
+            results[it.src] = {"src": it.src, "dst": it.dst, "status": "failed", "reason": it.problem}
+    problems, todo = len(results), []
     for src, dst in videos.items():
+        if src in results:
+            continue
         e = journal.get(src)
         done = False
         if e is not None and e.get("key") == _fingerprint(src, encoding) and e.get("dst") == dst:
@@ -418,7 +411,10 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
             results[src] = e
         else:
             todo.append((src, dst))
-    progress = Progress(len(videos), len(results), config.progress)
+    already = len(results)
+    progress = tqdm(total=len(videos), initial=already, unit="video", desc="prepare", disable=not config.progress,
+                    mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    done_now = failed_now = 0   # counted here: a disabled bar counts nothing
     if todo:
         ensure_ray()
         task = _remote_transcode().options(num_cpus=config.task_num_cpus,
@@ -445,22 +441,23 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
                         jf.write(json.dumps(r, sort_keys=True) + "\n")
                         jf.flush()
                         results[src] = r
-                        progress.update(r["status"] != "ok")
+                        done_now += 1
+                        failed_now += r["status"] != "ok"
+                        progress.set_postfix(failed=failed_now, refresh=False)
+                        progress.update()
                         if on_result is not None:
                             on_result(r)
-                    if not ready:
-                        progress.show()
         finally:
             for ref in pending:
                 ray.cancel(ref)
-            progress.show(final=True)
+            progress.close()
             lists = _write_outputs(out, items, results, classes, config)
     else:
-        progress.show(final=True)
+        progress.close()
         lists = _write_outputs(out, items, results, classes, config)
     failed = [(src, r.get("reason", "")) for src, r in results.items() if r["status"] != "ok"]
     return PrepareResult(out=str(out), manifest=str(out / MANIFEST), lists=lists, total=len(videos),
-                         transcoded=progress.done, skipped=progress.already,
+                         transcoded=done_now, skipped=already - problems,
                          ok=sum(r["status"] == "ok" for r in results.values()), failed=failed,
                          seconds=time.perf_counter() - t0)
 

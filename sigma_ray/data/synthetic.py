@@ -128,7 +128,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25) -> str:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1     # single-threaded encoders give byte-identical files per seed
+        stream.codec_context.thread_count = 1     # fewer run-to-run differences (not always byte-identical)
         if codec == "libx264":
             stream.options = {"crf": "17", "preset": "fast"}
         else:

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None, prog: str = "evaluate") -> int:
         print(json.dumps(results["metrics"], indent=2))
         return 0
 
-    return run_config_command(lambda: config_from_args(args), run, args.dry_run, (FileNotFoundError, ValueError))
+    return run_config_command(lambda: config_from_args(args), run, args.dry_run,
+                              {FileNotFoundError: 1, ValueError: 1})
 
 
 if __name__ == "__main__":

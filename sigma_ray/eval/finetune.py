@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import re
 import time
 from typing import Iterable
 
-import numpy as np
 import torch
 from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
@@ -31,7 +29,8 @@ from sigma_ray.eval.config import FinetuneConfig
 from sigma_ray.eval.features import average_by_video, eval_batches, eval_mode
 from sigma_ray.eval.metrics import log, topk_accuracy
 from sigma_ray.model.vit import VideoEncoder
-from sigma_ray.step import autocast_context, normalize_clips
+from sigma_ray.schedule import scaled_lr, warmup_cosine
+from sigma_ray.step import amp_dtype_for, autocast_context, normalize_clips, seed_everything
 
 FILL = (124, 116, 104)   # ImageNet mean in uint8: what geometric RandAugment ops fill uncovered pixels with
 
@@ -95,14 +94,6 @@ def param_groups(model: VideoClassifier, weight_decay: float, layer_decay: float
         group["params"].append(param)
         group["names"].append(name)
     return [groups[k] for k in sorted(groups)]
-
-
-def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Linear warm-up from 0 over ``warmup`` steps, then cosine from ``lr`` to ``min_lr`` at ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class ClipAugment:
@@ -190,13 +181,6 @@ def predict_videos(model: nn.Module, batches: Iterable[dict], device: torch.devi
     return mean, video_labels
 
 
-def seed_everything(seed: int) -> None:
-    """torch (RandAugment, drop path, init), numpy (timm's Mixup) and python (timm's RandomErasing) RNGs."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def finetune(encoder: VideoEncoder, config: FinetuneConfig, data: DataConfig, num_classes: int,
              device: torch.device | str = "cpu", use_ray: bool = False, seed: int = 0,
              log_every: int = 20) -> dict:
@@ -211,7 +195,7 @@ def finetune(encoder: VideoEncoder, config: FinetuneConfig, data: DataConfig, nu
     from sigma_ray.data.annotations import load_split
 
     device = torch.device(device)
-    seed_everything(seed)
+    seed_everything(seed)   # torch (RandAugment, drop path, init), numpy (timm's Mixup), python (RandomErasing)
     batch_size = config.batch_size or data.batch_size
     data = dataclasses.replace(data, batch_size=batch_size)
     num_train = len(load_split(data, "train")) * data.samples_per_video("train")
@@ -220,10 +204,8 @@ def finetune(encoder: VideoEncoder, config: FinetuneConfig, data: DataConfig, nu
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    lr = config.base_lr * batch_size / 256
-    min_lr = config.min_lr * batch_size / 256
-    amp_dtype = {"auto": torch.bfloat16 if device.type == "cuda" else None, "fp32": None,
-                 "bf16": torch.bfloat16}[config.precision]
+    lr, min_lr = scaled_lr(config.base_lr, batch_size), scaled_lr(config.min_lr, batch_size)
+    amp_dtype = amp_dtype_for(config.precision, device)
 
     model = VideoClassifier(with_drop_path(encoder, config.drop_path), num_classes, config.head_init_scale)
     imported = getattr(encoder, "classifier_head", None)
@@ -260,7 +242,7 @@ def finetune(encoder: VideoEncoder, config: FinetuneConfig, data: DataConfig, nu
             clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if mixup is not None:
                 clips, labels = mix_clips(mixup, clips, labels)
-            current = lr_at(step, total, warmup, lr, min_lr)
+            current = warmup_cosine(step, total, warmup, lr, min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = current * group["lr_scale"]
             with autocast_context(device, amp_dtype):

@@ -5,8 +5,6 @@ N x D tensor: a few hundred epochs of a few thousand videos take seconds on a CP
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +12,7 @@ from torch import nn
 from sigma_ray.config import check_choice, check_range
 from sigma_ray.eval.features import Features
 from sigma_ray.eval.metrics import single_thread, topk_accuracy
+from sigma_ray.schedule import cosine
 
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 
@@ -58,7 +57,7 @@ def _train_probe(train: Features, val: Features, num_classes: int, epochs: int, 
     n = x.shape[0]
     steps_per_epoch = -(-n // batch_size)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, total, 1.0, 0.0))
     gen = torch.Generator().manual_seed(seed)
     head.train()
     for _ in range(epochs):

@@ -4,10 +4,10 @@ Outputs in ``config.out_dir``: ``results.json`` (the returned dict: metrics in p
 encoder came from) and ``confusion_<protocol>.png`` per protocol.
 
 The encoder may be an ``encoder.pt`` export (:mod:`sigma_ray.model.export`), a run directory holding one (or,
-without it, checkpoints), or a training checkpoint directory. A checkpoint's ``state.pt`` holds the whole
-training model under ``"model"``; the encoder is the part under ``video.encoder.``, and its ModelConfig is the
-``model`` section of ``config.yaml`` in the run directory above the checkpoint (the trainer's layout, read by
-path convention so evaluation does not import the training layer).
+without it, checkpoints), or a training checkpoint directory. A checkpoint is read (verified, weights-only)
+through :mod:`sigma_ray.train.checkpoint`, which imports no Ray: its model state holds the encoder under
+``video.encoder.``, and the encoder's ModelConfig is the ``model`` section of ``config.yaml`` in the run
+directory above the checkpoint.
 """
 from __future__ import annotations
 
@@ -28,37 +28,36 @@ from sigma_ray.eval.linear import linear_probe
 from sigma_ray.eval.metrics import log
 from sigma_ray.model.export import encoder_from_model_state, load_encoder
 from sigma_ray.model.vit import ModelConfig, VideoEncoder
-from sigma_ray.step import default_amp_dtype
+from sigma_ray.step import amp_dtype_for
+from sigma_ray.train.checkpoint import (CHECKPOINT_PREFIX, STATE_FILE, CheckpointError, load_model_state,
+                                        newest_valid)
 
 ENCODER_FILE = "encoder.pt"
-STATE_FILE = "state.pt"
 RUN_CONFIG_FILE = "config.yaml"
-CHECKPOINT_PREFIX = "checkpoint_"
 
 
 def load_checkpoint_encoder(checkpoint_dir: str | Path) -> VideoEncoder:
-    """The encoder of a training checkpoint directory (``state.pt`` + ``../config.yaml``), in eval mode."""
+    """The encoder of a training checkpoint directory (its model state + ``../config.yaml``), in eval mode."""
     checkpoint_dir = Path(checkpoint_dir)
     run_config = checkpoint_dir.parent / RUN_CONFIG_FILE
     if not run_config.is_file():
         raise FileNotFoundError(f"{checkpoint_dir} is a checkpoint, but its run directory has no {RUN_CONFIG_FILE} "
                                 f"(needed for the model shape): expected {run_config}")
     model_config = from_dict(ModelConfig, load_yaml(run_config).get("model", {}), prefix="model")
-    # weights_only=False: the trainer's state also pickles its meta dict; the file is the user's own checkpoint
-    blob = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    state, info = load_model_state(checkpoint_dir)
     try:
-        encoder = encoder_from_model_state(blob["model"], model_config)
-    except ValueError as e:
-        raise ValueError(f"{checkpoint_dir / STATE_FILE}: {e}") from None
-    encoder.export_meta = {"step": blob.get("step"), "checkpoint": str(checkpoint_dir)}
+        encoder = encoder_from_model_state(state, model_config)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{checkpoint_dir / STATE_FILE}: {str(e).splitlines()[0]}") from None
+    encoder.export_meta = {"step": info.step, "checkpoint": str(checkpoint_dir)}
     return encoder
 
 
 def resolve_encoder(path: str | Path) -> tuple[str, Path]:
     """What ``path`` names: ``("export", file)`` or ``("checkpoint", directory)``.
 
-    A run directory resolves to its ``encoder.pt`` when there is one, else to its latest complete checkpoint
-    (the largest ``checkpoint_*`` name holding ``state.pt``).
+    A run directory resolves to its ``encoder.pt`` when there is one, else to its newest valid checkpoint
+    (damaged ones are skipped, and a line says which and why).
     """
     path = Path(path)
     if path.is_file():
@@ -69,10 +68,11 @@ def resolve_encoder(path: str | Path) -> tuple[str, Path]:
         return "checkpoint", path
     if (path / ENCODER_FILE).is_file():
         return "export", path / ENCODER_FILE
-    checkpoints = sorted(p for p in path.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file())
-    if checkpoints:
-        return "checkpoint", checkpoints[-1]
-    raise FileNotFoundError(f"{path} holds neither {ENCODER_FILE}, {STATE_FILE} nor {CHECKPOINT_PREFIX}*/{STATE_FILE}")
+    newest = newest_valid(path, on_skip=lambda p, why: log(f"skipping {p.name}: {why}"))
+    if newest is not None:
+        return "checkpoint", newest.path
+    raise FileNotFoundError(f"{path} holds neither {ENCODER_FILE}, {STATE_FILE} nor a valid "
+                            f"{CHECKPOINT_PREFIX}*/ checkpoint")
 
 
 def load_any_encoder(path: str | Path) -> tuple[VideoEncoder, Path]:
@@ -213,7 +213,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     if "knn" in config.protocols or "linear" in config.protocols:
         t0 = time.perf_counter()
         kwargs = dict(device=device, use_ray=config.use_ray, batch_size=config.feature_batch_size,
-                      amp_dtype=default_amp_dtype(device))
+                      amp_dtype=amp_dtype_for("auto", device))
         train = features_for_split(encoder, data, "train", **kwargs)
         query = features_for_split(encoder, data, config.query_split, **kwargs)
         results["seconds"]["features"] = time.perf_counter() - t0
@@ -262,7 +262,8 @@ def evaluate_as_ray_task(config: EvalConfig, num_gpus: float = 1.0, num_cpus: fl
     the node the task lands on (shared storage)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True)
+    from sigma_ray.ray_session import init_ray
+
+    init_ray(log_to_driver=True)   # the task's progress lines are its output
     task = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(evaluate)
     return ray.get(task.remote(config))

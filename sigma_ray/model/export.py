@@ -18,6 +18,7 @@ from torch import nn
 
 from sigma_ray.config import ConfigError, from_dict
 from sigma_ray.model.vit import ModelConfig, VideoEncoder
+from sigma_ray.weights import CheckpointError, load_weights
 
 FORMAT = "sigma-ray-encoder/1"
 MODEL_FORMAT = "sigma-ray-model/1"
@@ -49,10 +50,11 @@ def save_encoder(encoder: nn.Module, config: ModelConfig, path: str | Path, meta
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> VideoEncoder:
     """A :class:`VideoEncoder` with the exported weights (strict), in eval mode. ``encoder.config`` is its
     ModelConfig, ``encoder.export_meta`` the metadata saved with it and ``encoder.classifier_head`` the classifier
-    head saved with it (None for a pretrained encoder)."""
-    blob = torch.load(Path(path), map_location=map_location, weights_only=True)
+    head saved with it (None for a pretrained encoder). Raises CheckpointError (a ValueError) naming the file when
+    it is not such an export."""
+    blob = load_weights(path, f"a sigma-ray encoder export ({FORMAT})", map_location)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a sigma-ray encoder export (format {FORMAT})")
+        raise CheckpointError(f"{path}: a torch file, but not a sigma-ray encoder export ({FORMAT})")
     cfg = dict(blob["model_config"])
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     # Exports written before ``pos_embed`` existed were trained with the 3-D table (the default then).

@@ -28,7 +28,6 @@ source must map and every weight of the target must be found; anything else is r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path

@@ -68,9 +68,10 @@ class SigmaModel(nn.Module):
     in every clip. Gradients: the projection side's scores train the projection and the prototypes; the video
     side scores against detached prototypes and trains the encoder and decoder.
 
-    With a queue or a prototype freeze on, the model counts its training batches (``batches_seen``, saved in its
-    state dict) for the queue's start and the freeze; each side's :class:`FeatureQueue` is per-process state,
-    saved by :meth:`queue_state_dict` (a checkpoint keeps one per rank).
+    With a queue or a prototype freeze on, the model counts its training batches (``batches_seen``) for the queue's
+    start and the freeze; a resumed trainer sets it from the step (it is ``step x accumulate_steps``), so the state
+    dict stays tensors only, as the release's. Each side's :class:`FeatureQueue` is per-process state, saved by
+    :meth:`queue_state_dict` (a checkpoint keeps one per rank).
     """
 
     def __init__(self, model: ModelConfig = ModelConfig(), objective: ObjectiveConfig = ObjectiveConfig()):
@@ -142,12 +143,6 @@ class SigmaModel(nn.Module):
         for side, feats in (("video", pred), ("proj", target)):
             if side in self.queues:
                 self.queues[side].push(nn.functional.normalize(feats.detach().flatten(0, 1).float(), dim=-1))
-
-    def get_extra_state(self) -> dict:
-        return {"batches_seen": self.batches_seen}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.batches_seen = int(state["batches_seen"])
 
     def queue_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """This process's queues (tensors only), ``{}`` without a queue."""

@@ -5,7 +5,9 @@
         --set train.epochs=10 --set train.use_gpu=true --name k400-short --storage-path s3://bucket/runs
 
 ``--set section.field=value`` values are parsed as YAML (``true``/``false`` are booleans, ``[0.9, 0.95]`` a
-list, ``null`` None). Exit status: 0 done, 2 configuration error, 1 run failed.
+list, ``null`` None). Exit status: 0 done; 2 the input is unusable (a configuration or annotation error, a config
+change a resumed run cannot take, too many unreadable videos); 1 the run failed (a non-finite loss, another run
+owns the run directory, no valid checkpoint to resume from, workers failed).
 """
 from __future__ import annotations
 
@@ -45,11 +47,18 @@ def _pretrain(config) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "pretrain") -> int:
+    from ray.train import TrainingFailedError
+
+    from sigma_ray.data.clips import SkipBoundError
+    from sigma_ray.train.checkpoint import CheckpointError
     from sigma_ray.train.launch import NonFiniteLossError
+    from sigma_ray.train.rundir import RunLockedError
 
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_config_command(lambda: config_from_args(args), _pretrain, args.dry_run, (NonFiniteLossError,))
+    failures = {SkipBoundError: 2, NonFiniteLossError: 1, RunLockedError: 1, CheckpointError: 1,
+                TrainingFailedError: 1}
+    return run_config_command(lambda: config_from_args(args), _pretrain, args.dry_run, failures)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,6 @@ class TrainConfig:
     ``init_from``: a sigma-ray model state (``model.pt``, written by ``sigma-ray import`` from a released
     pretraining checkpoint) loaded before step 0 when the run has no checkpoint of its own; a resumed run ignores it.
     A local or shared-filesystem path every worker can read; it must match ``model`` and ``objective``.
-
-    ``fail_at_step`` is a **test hook**: the last worker raises once at the start of that step (a marker file in
-    the run directory records that it did), to exercise ``max_failures`` and the resume from the last checkpoint.
     """
 
     epochs: int = 800
@@ -63,7 +60,6 @@ class TrainConfig:
     seed: int = 0
     probe_every: int | None = None        # steps between probes of the encoder (needs a probe; see pretrain)
     init_from: str | None = None          # model.pt to start from (not resumed runs)
-    fail_at_step: int | None = None       # TEST HOOK: one worker raises once when this step starts
 
     def validate(self) -> None:
         check_range("epochs", self.epochs, 1)
@@ -94,8 +90,6 @@ class TrainConfig:
         check_range("seed", self.seed, 0, 2**63 - 1)
         if self.probe_every is not None:
             check_range("probe_every", self.probe_every, 1)
-        if self.fail_at_step is not None:
-            check_range("fail_at_step", self.fail_at_step, 1)
         if self.init_from is not None and (not self.init_from or "://" in self.init_from):
             raise ConfigError(f"init_from = {self.init_from!r} must be a file path every worker can read "
                               "(a local or shared-filesystem path, not a URI)")

@@ -1,17 +1,22 @@
 """Launch a pretraining run: ``pretrain(PretrainConfig) -> PretrainResult``.
 
-Starts a local Ray when none runs (inside ``ray job submit`` it connects to the job's cluster), checks before any
-worker starts that a fixed-size cluster can place the training workers and the decode actors, builds the
-training stream (:mod:`sigma_ray.train.dataset`), runs ``TorchTrainer`` (Ray Train V2) and exports the encoder.
+Before any worker starts: the config and the annotation lists are checked (ConfigError), Ray is started or joined
+(:mod:`sigma_ray.ray_session`; inside ``ray job submit`` it is the job's cluster), a fixed-size cluster is checked
+for room for the training workers and the decode actors, and the run directory is taken (:mod:`~sigma_ray.train.
+rundir`: one owner at a time, the config compared with the saved one). Then the training stream
+(:mod:`sigma_ray.train.dataset`) feeds ``TorchTrainer`` (Ray Train V2), rank 0's console lines are relayed to this
+process (:mod:`sigma_ray.train.console`), and the encoder is exported.
 
-Run directory ``storage_path/name``: ``config.yaml`` (the resolved config), ``checkpoint_XXXXXXXX/`` (the last
-``keep_checkpoints``), ``tensorboard/``, ``metrics.jsonl``, ``encoder.pt``. Running again with the same name and
-storage path resumes from the latest checkpoint: Ray Train V2 reloads its checkpoint manager's snapshot from the
-run directory and hands the latest checkpoint to the workers' ``ray.train.get_checkpoint()``; the same holds for a
-worker group restarted by ``FailureConfig(max_failures)``.
+Run directory ``storage_path/name``: ``config.yaml`` (the resolved config; ``config_changes.jsonl`` when a resumed
+run changed it), ``checkpoint_XXXXXXXX/`` (the last ``keep_checkpoints``), ``tensorboard/``, ``metrics.jsonl``,
+``skipped.jsonl`` (unreadable videos: path, reason, epoch, step), ``encoder.pt`` and ``LOCK``. Running again with
+the same name and storage path resumes from the newest valid checkpoint: damaged ones are set aside first and Ray
+Train V2's checkpoint snapshot is made to list the valid ones, so Ray hands the newest to the workers'
+``ray.train.get_checkpoint()``; the same holds for a worker group restarted by ``FailureConfig(max_failures)``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,9 +27,14 @@ from typing import Any
 
 import ray
 
-from sigma_ray.config import ConfigError, save_yaml, to_dict
-from sigma_ray.train.checkpoint import read_state
+from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
+from sigma_ray.data.clips import SkipBoundError
+from sigma_ray.ray_compat import autoscaling_enabled
+from sigma_ray.ray_session import init_ray
+from sigma_ray.train.checkpoint import load_model_state, prepare_resume, read_info
 from sigma_ray.train.config import PretrainConfig
+from sigma_ray.train.rundir import (CONFIG_FILE, RunLock, check_resumable, config_changes, read_jsonl,
+                                   record_changes)
 
 log = logging.getLogger("sigma_ray.train")
 ENCODER_FILE = "encoder.pt"
@@ -49,14 +59,10 @@ class PretrainResult:
     ray_result: Any
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_paths(config: PretrainConfig) -> PretrainConfig:
     """Absolute local paths for the storage path and the data lists (Ray workers may run elsewhere)."""
     def absolute(p: str | None) -> str | None:
-        return p if p is None or _is_uri(p) else str(Path(p).expanduser().resolve())
+        return p if p is None or is_uri(p) else str(Path(p).expanduser().resolve())
 
     data = dataclasses.replace(config.data, train_list=absolute(config.data.train_list),
                                val_list=absolute(config.data.val_list), root=absolute(config.data.root))
@@ -81,13 +87,7 @@ def ensure_synthetic(config: PretrainConfig) -> None:
 def _autoscaling() -> bool:
     """True when an autoscaler may add nodes (then the current resources say nothing about placement)."""
     try:
-        from ray.data._internal.cluster_autoscaler.util import is_autoscaling_enabled
-        import ray._private.state
-
-        if is_autoscaling_enabled():
-            return True
-        cfg = ray._private.state.state.get_cluster_config()
-        return bool(cfg and cfg.node_group_configs)
+        return autoscaling_enabled()
     except Exception:  # noqa: BLE001 - an unknown setup: do not block the run on a guess
         return True
 
@@ -128,7 +128,7 @@ def run_dir_of(config: PretrainConfig) -> str:
 
 def _write_file(local: Path, dest: str) -> None:
     """Copy a local file to ``dest`` (a local path or a pyarrow-supported URI)."""
-    if not _is_uri(dest):
+    if not is_uri(dest):
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         if Path(dest).resolve() != local.resolve():
             Path(dest).write_bytes(local.read_bytes())
@@ -145,15 +145,12 @@ def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
     """Write the encoder of a training checkpoint (``ray.train.Checkpoint`` or a directory) to ``dest``."""
     import tempfile
 
-    import torch
-
     from sigma_ray.model.export import encoder_from_model_state, save_encoder
-    from sigma_ray.train.checkpoint import STATE_FILE
 
     def export_from(directory: str) -> str:
-        blob = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
-        encoder = encoder_from_model_state(blob["model"], config.model)
-        meta = {"step": blob["step"], "run": config.name, "objective": config.objective.kind}
+        state, info = load_model_state(directory)
+        encoder = encoder_from_model_state(state, config.model)
+        meta = {"step": info.step, "run": config.name, "objective": config.objective.kind}
         with tempfile.TemporaryDirectory() as tmp:
             local = save_encoder(encoder, config.model, Path(tmp) / ENCODER_FILE, meta)
             _write_file(local, dest)
@@ -180,97 +177,167 @@ def run_length(config: PretrainConfig, num_videos: int) -> tuple[int, int]:
     return spe, total if tc.max_steps is None else min(total, tc.max_steps)
 
 
-def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None) -> PretrainResult:
+def _read_text(dest: str) -> str | None:
+    """A small file's text at a local path or a pyarrow-supported URI; None when it does not exist."""
+    if not is_uri(dest):
+        return Path(dest).read_text() if Path(dest).is_file() else None
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(dest)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def open_run_dir(config: PretrainConfig, run_dir: str) -> int:
+    """Make ``run_dir`` ready for this start (call it holding the run's lock, before any worker starts).
+
+    Local run directories: verify the checkpoints, set damaged ones aside (saying which and why) and make Ray
+    Train's snapshot list exactly the valid ones, so the run resumes from the newest valid checkpoint. Then compare
+    ``config`` with the saved ``config.yaml``: a change to the network raises ConfigError naming the fields (the
+    saved file stays as it was); other changes are recorded in ``config_changes.jsonl``. Writes ``config.yaml``.
+    Returns the step the run resumes from (0 for a new run).
+    """
+    import yaml
+
+    from sigma_ray.ray_compat import register_checkpoints
+
+    step = 0
+    if not is_uri(run_dir):
+        valid = prepare_resume(run_dir)
+        register_checkpoints(run_dir, [(c.name, c.metrics) for c in valid])
+        step = valid[-1].step if valid else 0
+    saved = _read_text(f"{run_dir}/{CONFIG_FILE}")
+    if saved is not None:
+        changes = config_changes(yaml.safe_load(saved) or {}, to_dict(config))
+        changes.pop("name", None)
+        changes.pop("storage_path", None)
+        if changes:
+            check_resumable(changes, run_dir)
+            if not is_uri(run_dir):
+                record_changes(run_dir, changes, step)
+            print(f"[sigma-ray] {run_dir} continues with a changed config: " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changes.items())), flush=True)
+    if is_uri(run_dir):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_yaml(config, Path(tmp) / CONFIG_FILE)
+            _write_file(Path(tmp) / CONFIG_FILE, f"{run_dir}/{CONFIG_FILE}")
+    else:
+        save_yaml(config, Path(run_dir) / CONFIG_FILE)
+    return step
+
+
+def _skip_summary(run_dir: str, limit: int = 5) -> list[str]:
+    """The driver's closing lines about unreadable videos, from ``skipped.jsonl``."""
+    from sigma_ray.train.loop import SKIPPED_FILE
+
+    rows = {}
+    for r in read_jsonl(Path(run_dir) / SKIPPED_FILE):
+        rows.setdefault(r["path"], r["reason"])
+    if not rows:
+        return []
+    lines = [f"{len(rows)} unreadable video(s) skipped (all in {Path(run_dir) / SKIPPED_FILE}):"]
+    lines += [f"  {p}: {reason}" for p, reason in list(rows.items())[:limit]]
+    if len(rows) > limit:
+        lines.append(f"  ... and {len(rows) - limit} more")
+    return lines
+
+
+def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
+             wrap_batches=None) -> PretrainResult:
     """Run (or resume) the pretraining run ``config`` on the current Ray cluster; returns where it ended.
 
     ``callbacks`` go to Ray Train's RunConfig (the sweep passes Tune's report callback). ``probe``: an optional
     picklable ``probe(encoder) -> dict[str, float]`` run by rank 0 every ``train.probe_every`` steps and at the
-    end; its metrics join that step's report.
+    end; its metrics join that step's report. ``wrap_batches`` is a seam for tests (see the loop).
 
-    Raises ConfigError / PlacementError before any worker starts, NonFiniteLossError when the loss became
-    non-finite (the last good checkpoint is kept), and Ray Train's TrainingFailedError when workers failed more
-    than ``train.max_failures`` times.
+    Before any worker starts, raises ConfigError (annotation lists included) / PlacementError, RunLockedError
+    when another run owns the run directory, and CheckpointError when it holds checkpoints but none is valid.
+    Afterwards: NonFiniteLossError when the loss became non-finite (the last good checkpoint is kept),
+    SkipBoundError when too many videos were unreadable (no worker-group restart), and Ray Train's
+    TrainingFailedError when workers failed more than ``train.max_failures`` times.
     """
     import ray.train
     from ray.train.constants import RAY_TRAIN_ENABLE_STATE_TRACKING
     from ray.train.torch import TorchTrainer
 
+    from sigma_ray.data.annotations import load_split
     from sigma_ray.data.pipeline import ClipPipeline
+    from sigma_ray.train.console import ConsoleRelay
     from sigma_ray.train.dataset import DataCursor, training_stream
-    from sigma_ray.train.loop import NONFINITE_FILE, train_loop_per_worker
+    from sigma_ray.train.loop import DATA_ERROR_FILE, NONFINITE_FILE, train_loop_per_worker
 
     config = resolve_paths(config)
     config.validate()
-    if not ray.is_initialized():
-        ray.init()
-    check_cluster(config)
-    ensure_synthetic(config)
     teacher = config.objective.teacher_checkpoint
-    if config.objective.kind == "sigma_dino" and not (_is_uri(teacher) or Path(teacher).is_file()):
+    if config.objective.kind == "sigma_dino" and not (is_uri(teacher) or Path(teacher).is_file()):
         raise ConfigError(f"objective.teacher_checkpoint = {teacher!r} is not a file: point it at the local "
                           "weights of the frozen image teacher (e.g. DINO ViT-B/16)")
     if config.train.init_from:  # a file written for another model fails here, not on every worker
-        from sigma_ray.model.export import load_model_state
+        from sigma_ray.model.export import load_model_state as load_imported_state
 
-        load_model_state(config.train.init_from, config.model, config.objective)
-
+        load_imported_state(config.train.init_from, config.model, config.objective)
+    ensure_synthetic(config)
+    records = load_split(config.data, "train")          # annotation errors surface here, before Ray starts
+    spe, total = run_length(config, len(records))
+    init_ray()
+    check_cluster(config)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
     # Ray Train records the run (its name, status, attempts, workers and their log files) for the dashboard's
     # Train API only with this set, read when the trainer is built; RAY_TRAIN_ENABLE_STATE_TRACKING=0 opts out.
     os.environ.setdefault(RAY_TRAIN_ENABLE_STATE_TRACKING, "1")
-    pipeline = ClipPipeline(config.data, "train")
-    num_videos = len(pipeline.records)
-    spe, total = run_length(config, num_videos)
 
     run_dir = run_dir_of(config)
-    if _is_uri(run_dir):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            save_yaml(config, Path(tmp) / "config.yaml")
-            _write_file(Path(tmp) / "config.yaml", f"{run_dir}/config.yaml")
-    else:
-        save_yaml(config, Path(run_dir) / "config.yaml")
-
-    # the run's name near the top of the driver's log (a Ray job's log in the dashboard)
-    print(f"[sigma-ray] run {config.name}: {total} steps on {config.train.num_workers} worker(s); run directory "
-          f"{run_dir}", flush=True)
-    nonfinite = Path(run_dir) / NONFINITE_FILE
-    if not _is_uri(run_dir):
-        nonfinite.unlink(missing_ok=True)  # from an earlier attempt of this run
-    cursor = DataCursor.remote()
-    # one spare epoch at the end: skipped videos shorten epochs, and no worker may run dry before the last step
-    dataset = training_stream(pipeline, spe * config.global_batch, config.train.epochs + 1, cursor)
-    tc = config.train
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": to_dict(config), "run_dir": run_dir, "steps_per_epoch": spe,
-                           "total_steps": total, "cursor": cursor, "skip_stats": pipeline.stats_actor,
-                           "probe": probe},
-        scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                               resources_per_worker=tc.resources_per_worker()),
-        run_config=ray.train.RunConfig(
-            name=config.name, storage_path=config.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-            callbacks=callbacks),
-        datasets={"train": dataset},
-    )
-    result = trainer.fit()
-    metrics = dict(result.metrics or {})
-    checkpoint = result.checkpoint
-    steps = 0
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            steps = read_state(d).step
-    if not _is_uri(run_dir) and nonfinite.is_file():
-        bad_step = json.loads(nonfinite.read_text())["step"]
+    with (contextlib.nullcontext() if is_uri(run_dir) else RunLock(run_dir)):
+        open_run_dir(config, run_dir)
+        for name in (NONFINITE_FILE, DATA_ERROR_FILE):   # left by an earlier attempt of this run
+            if not is_uri(run_dir):
+                (Path(run_dir) / name).unlink(missing_ok=True)
+        pipeline = ClipPipeline(config.data, "train", records)
+        cursor = DataCursor.remote()
+        # one spare epoch at the end: skipped videos shorten epochs, and no worker may run dry before the last step
+        dataset = training_stream(pipeline, spe * config.global_batch, config.train.epochs + 1, cursor)
+        tc = config.train
+        with ConsoleRelay() as console:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": to_dict(config), "run_dir": run_dir, "steps_per_epoch": spe,
+                                   "total_steps": total, "cursor": cursor, "skip_stats": pipeline.stats_actor,
+                                   "console": console.actor, "probe": probe, "wrap_batches": wrap_batches},
+                scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                                       resources_per_worker=tc.resources_per_worker()),
+                run_config=ray.train.RunConfig(
+                    name=config.name, storage_path=config.storage_path,
+                    failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+                    callbacks=callbacks),
+                datasets={"train": dataset},
+            )
+            result = trainer.fit()
+        metrics = dict(result.metrics or {})
+        checkpoint = result.checkpoint
+        steps = 0
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                steps = read_info(d, verify=False).step
         where = checkpoint.path if checkpoint is not None else "none (no checkpoint was saved before it)"
-        raise NonFiniteLossError(f"non-finite loss at step {bad_step}; the run stopped. "
-                                 f"Last good checkpoint: {where}")
-    encoder_path = None
-    if checkpoint is not None:
-        encoder_path = export_encoder(checkpoint, config, f"{run_dir}/{ENCODER_FILE}")
+        stopped = {n: _read_text(f"{run_dir}/{n}") for n in (NONFINITE_FILE, DATA_ERROR_FILE)}
+        if stopped[NONFINITE_FILE] is not None:
+            bad_step = json.loads(stopped[NONFINITE_FILE])["step"]
+            raise NonFiniteLossError(f"non-finite loss at step {bad_step}; the run stopped. "
+                                     f"Last good checkpoint: {where}")
+        skipped = [] if is_uri(run_dir) else _skip_summary(run_dir)
+        if stopped[DATA_ERROR_FILE] is not None:
+            reason = json.loads(stopped[DATA_ERROR_FILE])["reason"]
+            raise SkipBoundError("\n".join([f"{reason}; the run stopped, last checkpoint: {where}"] + skipped))
+        encoder_path = None
+        if checkpoint is not None:
+            encoder_path = export_encoder(checkpoint, config, f"{run_dir}/{ENCODER_FILE}")
+    for text in skipped:
+        print(f"[sigma-ray] {text}", flush=True)
     print(f"[sigma-ray] run {config.name}: {steps}/{total} steps; run directory {run_dir}"
           + (f"; encoder {encoder_path}" if encoder_path else ""), flush=True)
     return PretrainResult(run_dir, steps, total, checkpoint, encoder_path, metrics, result)

@@ -2,32 +2,34 @@
 
 ``train_loop_per_worker(loop_config)`` with ``loop_config`` as built by :func:`sigma_ray.train.launch.pretrain`:
 ``config`` (the PretrainConfig as a dict), ``run_dir``, ``steps_per_epoch``, ``total_steps``, ``cursor`` (the
-:class:`~sigma_ray.train.dataset.DataCursor`), ``skip_stats`` (the pipeline's SkipStatsActor) and an optional
-``probe``: a callable ``probe(encoder) -> dict[str, float]`` that rank 0 runs on the encoder (in eval mode, no
-grad) every ``train.probe_every`` steps and at the end, adding its metrics to that step's report (the sweep's
-kNN score, so Tune can stop weak trials early).
+:class:`~sigma_ray.train.dataset.DataCursor`), ``skip_stats`` (the pipeline's SkipStatsActor), ``console`` (the
+driver's :class:`~sigma_ray.train.console.ConsoleActor`) and an optional ``probe``: a callable
+``probe(encoder) -> dict[str, float]`` that rank 0 runs on the encoder (in eval mode, no grad) every
+``train.probe_every`` steps and at the end, adding its metrics to that step's report (the sweep's kNN score, so
+Tune can stop weak trials early). ``wrap_batches`` is a seam for tests only (``tests/train_hooks.py`` makes a
+worker fail at a given step): applied once to the batch iterator, it costs the step nothing.
 
 Per step: ``accumulate_steps`` micro-batches from ``get_dataset_shard("train")`` through the core's
 ``forward_backward`` (DDP's ``no_sync`` on all but the last), then ``optimizer_step``. Sinkhorn all-reduces its
 K-vectors over the default process group, the one Ray Train's TorchConfig initializes (gloo on CPU, NCCL on GPU):
-equipartition over the global batch. Every ``log_every`` steps: metrics through ``ray.train.report`` (and
-TensorBoard scalars, ``metrics.jsonl`` and a progress line on rank 0). Every ``checkpoint_every`` steps and at the
-end: a checkpoint. A non-finite loss stops the run (no checkpoint of the bad state) with ``nonfinite_step`` in the
-last report and in ``run_dir/nonfinite.json``.
+equipartition over the global batch. Every ``log_every`` steps: metrics through ``ray.train.report``, and on rank 0
+TensorBoard scalars, a ``metrics.jsonl`` row, new unreadable videos in ``skipped.jsonl`` and a console line. Every
+``checkpoint_every`` steps and at the end: a checkpoint, and the loop waits until Ray has registered it.
+
+Two conditions stop every worker at the same log step, cleanly (no worker-group restart, no checkpoint of the bad
+state): a non-finite loss (``run_dir/nonfinite.json``) and more unreadable videos than ``data.max_skip_fraction``
+(``run_dir/data_error.json``, with the reason); the driver turns each into its error.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import random
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -35,22 +37,22 @@ import torch
 import torch.distributed as dist
 
 from sigma_ray.config import from_dict
+from sigma_ray.data.clips import SkipBoundError, SkipStats
 from sigma_ray.model.sigma import build_model
-from sigma_ray.step import forward_backward, metrics_to_floats, optimizer_step
-from sigma_ray.train.checkpoint import TrainState, checkpoint_dir_name, load_checkpoint, save_checkpoint, unwrap
+from sigma_ray.ray_compat import train_report_logger_name
+from sigma_ray.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
+from sigma_ray.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, unwrap
 from sigma_ray.train.config import PretrainConfig
+from sigma_ray.train.console import line as say
 from sigma_ray.train.optim import build_optimizer, make_schedule
+from sigma_ray.train.rundir import trim_jsonl
 
 log = logging.getLogger("sigma_ray.train")
-FAIL_MARKER = "fail_at_step.done"
-# Written by rank 0 when the loss turns non-finite; Ray's result only carries the last checkpoint's metrics.
+METRICS_FILE = "metrics.jsonl"
+SKIPPED_FILE = "skipped.jsonl"
+# Written by rank 0 when the run stops early, for the driver: a non-finite loss, or too many unreadable videos.
 NONFINITE_FILE = "nonfinite.json"
-
-
-def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+DATA_ERROR_FILE = "data_error.json"
 
 
 def format_eta(seconds: float) -> str:
@@ -60,25 +62,35 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 class _Progress:
-    """Rank 0's outputs: TensorBoard scalars, ``metrics.jsonl`` and the progress line."""
+    """Rank 0's outputs: TensorBoard scalars, ``metrics.jsonl``, ``skipped.jsonl`` and the console line.
 
-    def __init__(self, run_dir: Path, total: int, enabled: bool):
-        self.enabled = enabled
-        self.total = total
+    A resumed attempt starts at ``start_step``: rows of both files past it belong to the dead attempt and are
+    dropped (those steps run again), and TensorBoard purges its events past it, so each step has one row."""
+
+    def __init__(self, run_dir: Path, total: int, start_step: int, enabled: bool, console=None):
+        self.enabled, self.total, self.console = enabled, total, console
         self.writer = None
+        self.skipped: set[tuple[int, str]] = set()
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            self.jsonl = (run_dir / "metrics.jsonl").open("a")
+            self.metrics_path, self.skipped_path = run_dir / METRICS_FILE, run_dir / SKIPPED_FILE
+            trim_jsonl(self.metrics_path, start_step)
+            self.skipped = {(r["epoch"], r["path"]) for r in trim_jsonl(self.skipped_path, start_step)}
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
+
+    def record_skips(self, step: int, stats: dict[int, SkipStats]) -> int:
+        """Append the skips not yet recorded to ``skipped.jsonl`` (path, reason, epoch, step); returns how many
+        distinct videos were skipped so far."""
+        with self.skipped_path.open("a") as f:
+            for epoch, st in sorted(stats.items()):
+                for path, reason in st.skipped:
+                    if (epoch, path) not in self.skipped:
+                        self.skipped.add((epoch, path))
+                        f.write(json.dumps({"step": step, "epoch": epoch, "path": path, "reason": reason}) + "\n")
+        return len({p for _, p in self.skipped})
 
     def write(self, step: int, metrics: dict, eta_s: float) -> None:
         if not self.enabled:
@@ -87,19 +99,18 @@ class _Progress:
             if isinstance(v, (int, float)) and k != "step":
                 self.writer.add_scalar(f"train/{k}", v, step)
         self.writer.flush()
-        self.jsonl.write(json.dumps(metrics) + "\n")
-        self.jsonl.flush()
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
         loss = metrics.get("loss", float("nan"))
-        line = (f"[sigma-ray] step {step}/{self.total} ({100 * step / self.total:.1f}%) epoch {metrics['epoch']} "
-                f"| loss {loss:.4f} | lr {metrics['lr']:.3g} | {metrics['clips_per_s']:.1f} clips/s "
-                f"| data wait {metrics['data_wait_s'] * 1e3:.0f} ms/step | ETA {format_eta(eta_s)}")
-        # Ray Train V2 patches print() to log *and* tee; the original stream prints the line once.
-        print(line, file=sys.__stdout__, flush=True)
+        say(self.console,
+            f"[sigma-ray] step {step}/{self.total} ({100 * step / self.total:.1f}%) epoch {metrics['epoch']} "
+            f"| loss {loss:.4f} | lr {metrics['lr']:.3g} | {metrics['clips_per_s']:.1f} clips/s "
+            f"| data wait {metrics['data_wait_s'] * 1e3:.0f} ms/step | {metrics.get('skipped_videos', 0)} skipped "
+            f"| ETA {format_eta(eta_s)}")
 
     def close(self) -> None:
-        if self.enabled:
+        if self.writer is not None:
             self.writer.close()
-            self.jsonl.close()
 
 
 def run_probe(probe, model: torch.nn.Module) -> dict[str, float]:
@@ -114,13 +125,34 @@ def run_probe(probe, model: torch.nn.Module) -> dict[str, float]:
         encoder.train(was_training)
 
 
+def _skip_totals(skip_stats) -> dict[int, SkipStats]:
+    """Every epoch's skip statistics so far, from the pipeline's stats actor."""
+    return ray.get(skip_stats.all.remote()) if skip_stats is not None else {}
+
+
+def _skip_problem(stats: dict[int, SkipStats], dc, final: bool) -> str | None:
+    """Why the run must stop for unreadable videos (an epoch over the skip bound), or None."""
+    for epoch, st in sorted(stats.items()):
+        try:
+            st.check(dc.max_skip_fraction, dc.skip_min_rows, final=final)
+        except SkipBoundError as e:
+            return f"epoch {epoch}: {e}"
+    return None
+
+
+def _stop(run_dir: Path, name: str, record: dict) -> None:
+    """Rank 0 leaves why the run stopped for the driver (Ray's result only carries the last checkpoint)."""
+    (run_dir / name).write_text(json.dumps(record))
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     config = from_dict(PretrainConfig, loop_config["config"])
-    # Ray Train logs every report's full metrics dict at INFO; the progress line says the same once.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    # Ray Train logs every report's whole metrics dict at INFO; the console line says what matters once.
+    logging.getLogger(train_report_logger_name()).setLevel(logging.WARNING)
     tc, dc = config.train, config.data
     run_dir = Path(loop_config["run_dir"])
     spe, total = int(loop_config["steps_per_epoch"]), int(loop_config["total_steps"])
+    console = loop_config.get("console")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
@@ -128,25 +160,27 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     global_batch = config.global_batch
 
-    _seed_everything(tc.seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
+    seed_everything(tc.seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
     model = build_model(config.model, config.objective).to(device)
-    schedule = make_schedule(tc, spe, global_batch)
+    schedule = make_schedule(tc, total, global_batch)
     optimizer = build_optimizer(model, schedule.peak_lr, tc.weight_decay, tc.betas, device)
     amp_dtype = amp_dtype_for(tc.precision, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
-    state = TrainState()
+    start_step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = load_checkpoint(d, model, optimizer, scaler, rank, map_location=device)
+            restored = load_checkpoint(d, model, optimizer, scaler, rank, map_location=device)
+        start_step = restored.step
+        model.batches_seen = start_step * tc.accumulate_steps
+        model.load_queue_state_dict(restored.extra.get("queues", {}), device)
     else:
         if tc.init_from:  # a new run starting from imported weights (a resumed run has its own)
             from sigma_ray.model.export import init_from_model_state
 
             init_from_model_state(model, tc.init_from, config.model, config.objective)
-        _seed_everything(tc.seed + 1000003 * rank)  # per-rank streams for drop path etc.
-    start_step = state.step
+        seed_everything(tc.seed + 1000003 * rank)  # per-rank streams for drop path etc.
 
     ddp = model
     if world > 1:
@@ -161,35 +195,39 @@ def train_loop_per_worker(loop_config: dict) -> None:
         dist.barrier()
     shard = ray.train.get_dataset_shard("train")
     batches = iter(shard.iter_torch_batches(batch_size=dc.batch_size, drop_last=True, prefetch_batches=2))
+    wrap = loop_config.get("wrap_batches")   # a test seam (tests/train_hooks.py); None in real runs
+    if wrap is not None:
+        batches = wrap(batches, {"rank": rank, "world": world, "start_step": start_step,
+                                 "accumulate_steps": tc.accumulate_steps, "run_dir": str(run_dir)})
 
-    progress = _Progress(run_dir, total, enabled=rank == 0)
+    progress = _Progress(run_dir, total, start_step, enabled=rank == 0, console=console)
     skip_stats = loop_config.get("skip_stats")
     probe = loop_config.get("probe")
     data_epochs: set[int] = set()
     sums: dict[str, torch.Tensor] = {}
     interval_steps, interval_wait = 0, 0.0
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    # [first step with a non-finite loss, 1 when too many videos were skipped]: max-reduced at log steps
+    flags = torch.tensor([-1, 0], dtype=torch.int64, device=device)
     step = start_step
     t_start = t_interval = time.perf_counter()
     if rank == 0:
-        print(f"[sigma-ray] {'resuming at' if start_step else 'starting'} step {start_step}/{total} "
-              f"({world} workers, global batch {global_batch}, {spe} steps/epoch, device {device})",
-              file=sys.__stdout__, flush=True)
+        say(console, f"[sigma-ray] {'resuming at' if start_step else 'starting'} step {start_step}/{total} "
+                     f"({world} workers, global batch {global_batch}, {spe} steps/epoch, device {device})")
     try:
         while step < total:
-            if tc.fail_at_step is not None and step + 1 == tc.fail_at_step and rank == world - 1:
-                marker = run_dir / FAIL_MARKER
-                if not marker.exists():
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(f"worker {rank} failed at step {step + 1}\n")
-                    raise RuntimeError(f"fail_at_step test hook: worker {rank} raises at step {step + 1}")
             lr = schedule.apply(optimizer, step)
             for micro in range(tc.accumulate_steps):
                 t0 = time.perf_counter()
                 try:
                     batch = next(batches)
                 except StopIteration:
-                    raise RuntimeError(f"the training data ran out at step {step + 1} of {total} on worker {rank}")
+                    problem = _skip_problem(_skip_totals(skip_stats), dc, final=True)
+                    if problem is None:
+                        raise RuntimeError(f"the training data ran out at step {step + 1} of {total} on worker "
+                                           f"{rank}") from None
+                    if rank == 0:   # every worker's equal split runs dry at the same step
+                        _stop(run_dir, DATA_ERROR_FILE, {"step": step, "reason": problem})
+                    return
                 interval_wait += time.perf_counter() - t0
                 data_epochs.update(batch["epochs"].tolist())
                 sync = world > 1 and micro < tc.accumulate_steps - 1
@@ -200,7 +238,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             m_norm = optimizer_step(model, optimizer, scaler, tc.grad_clip)
             sums["grad_norm"] = sums.get("grad_norm", 0) + m_norm.float()
             bad = ~torch.isfinite(m["loss"])
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
+            flags[0] = torch.where(bad & (flags[0] < 0), torch.full_like(flags[0], step + 1), flags[0])
             step += 1
             interval_steps += 1
 
@@ -209,9 +247,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             do_save = step % tc.checkpoint_every == 0 or step == total
             if not (do_log or do_save):
                 continue
-            flag = first_bad.clone()
+            skips, skipped_videos, problem = {}, 0, None
+            if rank == 0:
+                skips = _skip_totals(skip_stats)
+                skipped_videos = progress.record_skips(step, skips)
+                problem = _skip_problem(skips, dc, final=step == total)
+                flags[1] = int(problem is not None)
+            reduced = flags.clone()
             if world > 1:
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
             now = time.perf_counter()
             wall = now - t_interval
             values = metrics_to_floats(sums)
@@ -220,18 +264,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 step=step, epoch=(step - 1) // spe, data_epoch=max(data_epochs) if data_epochs else 0, lr=lr,
                 clips_per_s=global_batch * interval_steps / wall, step_time_s=wall / interval_steps,
                 data_wait_s=interval_wait / interval_steps, resumed_from_step=start_step,
-                steps_this_attempt=step - start_step)
-            if rank == 0 and skip_stats is not None:
-                metrics["skipped_videos"] = sum(len(s.skipped) for s in ray.get(
-                    [skip_stats.get.remote(e) for e in sorted(data_epochs)]))
-            bad_step = int(flag.item())
-            if bad_step >= 0:
-                metrics["nonfinite_step"] = bad_step
-                msg = f"non-finite loss at step {bad_step}: stopping; the last good checkpoint is kept"
+                steps_this_attempt=step - start_step, skipped_videos=skipped_videos)
+            bad_step, data_error = int(reduced[0].item()), bool(reduced[1].item())
+            if bad_step >= 0 or data_error:
+                # stop every worker at this step, without a checkpoint of the bad state
                 if rank == 0:
-                    print(f"[sigma-ray] {msg}", file=sys.__stdout__, flush=True)
-                    log.error(msg)
-                    (run_dir / NONFINITE_FILE).write_text(json.dumps({"step": bad_step}))
+                    if bad_step >= 0:
+                        say(console, f"[sigma-ray] non-finite loss at step {bad_step}: stopping; the last good "
+                                     f"checkpoint is kept")
+                        _stop(run_dir, NONFINITE_FILE, {"step": bad_step})
+                    else:
+                        _stop(run_dir, DATA_ERROR_FILE, {"step": step, "reason": problem})
+                if bad_step >= 0:
+                    metrics["nonfinite_step"] = bad_step
                 ray.train.report(metrics)
                 return
             if do_probe and rank == 0:
@@ -241,11 +286,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             sums, interval_steps, interval_wait, t_interval = {}, 0, 0.0, time.perf_counter()
             if do_save:
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint(tmp, model, optimizer, scaler, TrainState(
-                        step, (step - 1) // spe, step // spe, (step % spe) * global_batch,
-                        {"total_steps": total, "world_size": world}), rank)
+                    save_checkpoint(tmp, step=step, rank=rank, world_size=world, model=model, optimizer=optimizer,
+                                    scaler=scaler, extra={"queues": model.queue_state_dict()},
+                                    metrics=metrics if rank == 0 else None)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                      checkpoint_dir_name=checkpoint_dir_name(step))
+                # Ray registers a checkpoint only once the controller has polled every worker's report of it;
+                # a run that died before that would resume from an older one. Train on only once it is registered.
+                ray.train.get_all_reported_checkpoints(
+                    consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
             else:
                 ray.train.report(metrics)
     finally:

@@ -1,11 +1,12 @@
 """AdamW with the MAE/VideoMAE parameter groups, the paper's lr scaling, and per-step warm-up + cosine schedules."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from sigma_ray.schedule import cosine, scaled_lr, warmup_cosine
 
 # Parameters whose name contains one of these get no weight decay (besides every parameter with ndim <= 1).
 NO_DECAY_NAMES = ("bias", "norm", "pos_embed", "mask_token", "cls_token")
@@ -28,23 +29,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": skip, "weight_decay": 0.0, "name": "no_decay"}]
 
 
-def scaled_lr(lr: float, global_batch: int) -> float:
-    """The paper's linear scaling rule: lr x global batch / 256."""
-    return lr * global_batch / 256
-
-
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                     device: torch.device | str = "cpu") -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; the fused CUDA kernel when the model lives on a GPU."""
     fused = torch.device(device).type == "cuda"
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused or None)
-
-
-def cosine(step: int, total: int, start: float, end: float) -> float:
-    """Half-cosine from ``start`` (step 0) to ``end`` (step ``total``), constant ``end`` after."""
-    if total <= 0 or step >= total:
-        return end
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
 @dataclass(frozen=True)
@@ -61,9 +50,7 @@ class Schedule:
 
     def lr(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return self.peak_lr * (step + 1) / self.warmup_steps
-        return cosine(step - self.warmup_steps, self.total_steps - self.warmup_steps, self.peak_lr, self.min_lr)
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr)
 
     def wd(self, step: int) -> float:
         if self.weight_decay_end is None:
@@ -80,12 +67,9 @@ class Schedule:
         return lr
 
 
-def make_schedule(train, steps_per_epoch: int, global_batch: int) -> Schedule:
-    """The run's schedule from a TrainConfig: epochs x steps_per_epoch steps (``max_steps`` compresses it),
-    warm-up the same fraction of the run as ``warmup_epochs / epochs``, lrs scaled by the global batch."""
-    total = train.epochs * steps_per_epoch
-    if train.max_steps is not None:
-        total = min(total, train.max_steps)
+def make_schedule(train, total: int, global_batch: int) -> Schedule:
+    """The run's schedule from a TrainConfig over ``total`` optimizer steps (``launch.run_length``'s): warm-up
+    the same fraction of the run as ``warmup_epochs / epochs``, lrs scaled by the global batch."""
     warmup = int(round(total * train.warmup_epochs / train.epochs))
     return Schedule(total, warmup, scaled_lr(train.base_lr, global_batch), scaled_lr(train.min_lr, global_batch),
                     train.weight_decay, train.weight_decay_end)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sigma_ray.config import ConfigError, check_range, from_dict, load_yaml, merge_overrides
+from sigma_ray.config import ConfigError, check_range, from_dict, is_uri, load_yaml, merge_overrides
 from sigma_ray.train.config import PretrainConfig
 
 STUDY_FILE = "study.db"
@@ -205,10 +205,10 @@ class SweepConfig:
             raise ConfigError(f"name = {self.name!r} must be a non-empty directory name without '/'")
         if not self.storage_path:
             raise ConfigError("storage_path must not be empty")
-        if "://" in self.storage_path and self.study_storage is None:
+        if is_uri(self.storage_path) and self.study_storage is None:
             raise ConfigError(f"storage_path = {self.storage_path!r} is a URI: set study_storage to a SQLAlchemy "
                               "URL (the default SQLite file needs a local directory)")
-        if "://" in self.storage_path and (self.probe.train_per_class or self.probe.val_per_class):
+        if is_uri(self.storage_path) and (self.probe.train_per_class or self.probe.val_per_class):
             raise ConfigError(f"probe.train_per_class / val_per_class write list files into the sweep directory, "
                               f"and storage_path = {self.storage_path!r} is a URI: use a shared file system path")
         check_range("num_samples", self.num_samples, 1)
@@ -231,7 +231,7 @@ class SweepConfig:
     @property
     def sweep_dir(self) -> str:
         """``storage_path/name``, absolute for a local path."""
-        if "://" in self.storage_path:
+        if is_uri(self.storage_path):
             return f"{self.storage_path.rstrip('/')}/{self.name}"
         return str((Path(self.storage_path).expanduser() / self.name).resolve())
 

@@ -20,7 +20,7 @@ import optuna
 import yaml
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
-from sigma_ray.config import to_dict
+from sigma_ray.config import is_uri, to_dict
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, SweepConfig, apply_params
 
@@ -293,7 +293,7 @@ def write_report(report: SweepReport) -> str | None:
     print(f"\n[sigma-ray] sweep {config.name} {status} ({config.sweep_dir}); full trial = {report.total_steps} "
           f"steps, score = {SCORE_METRIC} (%)")
     print(format_table(rows, params), flush=True)
-    if "://" in config.sweep_dir:
+    if is_uri(config.sweep_dir):
         return None
     out = Path(config.sweep_dir)
     write_summary_csv(rows, params, out / SUMMARY_CSV)

@@ -33,7 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sigma_ray.config import ConfigError, save_yaml, to_dict
+from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
 from sigma_ray.eval.knn import KnnProbe
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.launch import check_cluster, ensure_synthetic, pretrain, resolve_paths, run_length
@@ -189,7 +189,7 @@ def trial_run_dir(sweep_dir: str, trial_id: str) -> str:
 def _check_resume(config: SweepConfig) -> None:
     """A sweep directory holds one sweep: refuse to resume it with a different search, budget or schedule."""
     path = Path(config.sweep_dir) / SWEEP_FILE
-    if "://" in config.sweep_dir or not path.is_file():
+    if is_uri(config.sweep_dir) or not path.is_file():
         return
     from sigma_ray.config import load_yaml
 
@@ -253,7 +253,7 @@ def run_sweep(config: SweepConfig, fit: Callable[[tune.Tuner], Any] = tune.Tuner
     config.validate()
     base, total_steps, probe = prepare(config)
     sweep_dir = config.sweep_dir
-    if "://" not in sweep_dir and not (Path(sweep_dir) / SWEEP_FILE).is_file():
+    if not is_uri(sweep_dir) and not (Path(sweep_dir) / SWEEP_FILE).is_file():
         save_yaml(config, Path(sweep_dir) / SWEEP_FILE)
 
     if not ray.is_initialized():
@@ -309,6 +309,6 @@ def _tune_config(config: SweepConfig, total_steps: int) -> tune.TuneConfig:
 def _run_config(config: SweepConfig) -> tune.RunConfig:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
-    storage = config.storage_path if "://" in config.storage_path else str(Path(config.sweep_dir).parent)
+    storage = config.storage_path if is_uri(config.storage_path) else str(Path(config.sweep_dir).parent)
     return tune.RunConfig(name=config.name, storage_path=storage, verbose=1,
                           callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TBXLoggerCallback()])

@@ -1,0 +1,44 @@
+"""Weights-only loading of ``.pt`` files: the one place the package calls ``torch.load``.
+
+``torch.load(weights_only=True)`` unpickles tensors, containers and plain numbers/strings only, so a file that
+pickles a callable (``os.system``...) is refused instead of run. Every failure becomes a :class:`CheckpointError`
+whose message is one line naming the file and what was expected.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file is missing, damaged, of the wrong kind, or holds more than weights."""
+
+
+def load_weights(path: str | Path, expected: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; ``expected`` says what the file should be (for the message).
+
+    Raises CheckpointError naming the file: missing, not a torch file (random bytes, text), or a pickle that
+    needs more than tensors and plain values (refused, never executed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (expected {expected})")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own message suggests loading it without weights_only, which would run what the file pickles
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(f"{path}: refused to load {expected}: it pickles {found.group(1)}, not only "
+                                  f"tensors and plain values (a weights-only load never calls what a file pickles)") from None
+        detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+        raise CheckpointError(f"{path}: not a torch weights file (expected {expected})"
+                              + (f": {detail.group(1).strip()}" if detail else "")) from None
+    except Exception as e:  # noqa: BLE001 - random bytes or text fail in many ways inside torch's reader
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a torch weights file (expected {expected}): "
+                              f"{type(e).__name__} {first}".rstrip()) from None
