@@ -39,7 +39,7 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 
     out = make_synthetic(args.out, num_classes=args.classes, train_per_class=args.train_per_class,
                          val_per_class=args.val_per_class, frames=args.frames, size=args.size, seed=args.seed,
-                         camera=args.camera)
+                         kind=args.kind)
     print(f"wrote {out['train']}, {out['val']} and {out['classes']} ({args.classes} classes) under {out['root']}")
     return 0
 
@@ -47,13 +47,17 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sigma_ray.demo import DemoConfig, run_demo
+    from sigma_ray.config import ConfigError
+    from sigma_ray.demo import DemoConfig, quick_config, run_demo
 
-    changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps)) if v is not None}
-    if args.quick:  # the smallest end-to-end run (tests, a first look): minutes become seconds
-        changes = {"num_classes": 4, "train_per_class": 4, "val_per_class": 2, "batch_size": 4, "steps": 4,
-                   "warmup_steps": 1, "probe_every": 2, "num_prototypes": 16, "linear_epochs": 5, **changes}
-    run_demo(dataclasses.replace(DemoConfig(), **changes))
+    base = quick_config() if args.quick else DemoConfig()
+    changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps), ("seeds", args.seeds))
+               if v is not None}
+    try:
+        run_demo(dataclasses.replace(base, **changes))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -151,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="the embedded demo: synthetic set, SIGMA vs pixels vs random, report.md")
     p.add_argument("--out", default=None, help="output directory (default runs/demo)")
-    p.add_argument("--steps", type=int, default=None, help="pretraining steps per method (default 600)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per method and seed (default: "
+                   "sigma_ray.demo.DemoConfig's)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds to run, each with its own initial weights, data "
+                   "order and masks; the table shows mean +- std (default 1)")
     p.add_argument("--quick", action="store_true", help="the smallest end-to-end run (about a minute)")
     p.set_defaults(func=_demo)
 
@@ -169,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--camera", action="store_true", help="classes = camera pan directions (default: object motion)")
+    p.add_argument("--kind", default="scenes", choices=("scenes", "object", "camera"),
+                   help="scenes: scene kind x camera pan (the demo's); object: object motion; camera: 8 pans")
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser("import", help="released SIGMA/VideoMAE or transformers VideoMAE weights -> sigma-ray files",

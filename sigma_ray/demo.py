@@ -1,109 +1,186 @@
 """The embedded demo (``make demo`` / ``sigma-ray demo``): does SIGMA learn, on a laptop CPU, in minutes?
 
-1. Writes the synthetic temporal set (classes differ only in motion; see :mod:`sigma_ray.data.synthetic`).
-2. Pretrains the ``tiny`` model twice on the local Ray, at equal compute (same clips, steps, batch, masks,
-   schedule and initial weights): SIGMA-MLP and the VideoMAE pixel baseline. A kNN probe runs every
-   ``probe_every`` steps inside the training loop.
-3. Evaluates both encoders and a randomly initialized one (the same initial weights the two runs started from)
-   by kNN and linear probe on the validation split.
-4. Prints the table and writes ``report.md`` with plots: loss curves, prototype usage, kNN accuracy during
-   training, and a strip of frames with their tube mask and per-token prototype assignments.
+1. Writes the synthetic ``scenes`` set (:mod:`sigma_ray.data.synthetic`): 8 classes = the kind of scene
+   (appearance) x the camera's pan direction (motion).
+2. For each seed, pretrains the same video model on the local Ray twice at equal compute (the same steps, batch,
+   clips, schedule and initial weights): SIGMA-MLP and the VideoMAE pixel baseline, each with the settings its
+   own sweep chose (README). A kNN probe runs every ``probe_every`` steps inside the training loop.
+3. Trains the same encoder from the same initial weights *with the labels* for the same steps on the same clips
+   (the supervised bound: how much a tiny ViT can learn from this budget at all).
+4. Evaluates SIGMA-MLP, VideoMAE, the random initial weights and the supervised encoder by kNN (k = 20, 200) and
+   linear probe on the val split, and the effective rank of their pooled features.
+5. Prints the table (mean +- std over seeds, and every seed's row) with the verdict on the ordering SIGMA-MLP >
+   VideoMAE > random init, and writes ``report.md`` with the plots: loss curves with the pixel target's trivial
+   loss, both sides' prototype usage, the codes per clip, kNN during training, and a strip of one clip's codes.
 
-Everything lands in ``out_dir`` (default ``runs/demo``): ``synthetic/``, one run directory per method,
-``results.json``, ``report.md`` and the PNGs. Running it again reuses the finished runs (their checkpoints).
+Everything lands in ``out_dir`` (default ``runs/demo``): ``synthetic/``, one run directory per method and seed,
+``results.json``, ``report.md`` and the PNGs. Running it again reuses finished runs (their checkpoints).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sigma_ray.config import ConfigError, check_range, from_dict
+from sigma_ray.config import ConfigError, check_choice, check_range, from_dict
 from sigma_ray.data.config import DataConfig
-from sigma_ray.eval.features import Features, eval_batches, extract_features
+from sigma_ray.eval.features import eval_batches, extract_features
 from sigma_ray.eval.knn import KnnProbe, knn_eval
 from sigma_ray.eval.linear import linear_probe
-from sigma_ray.eval.metrics import single_thread
+from sigma_ray.eval.metrics import effective_rank, single_thread
 from sigma_ray.train.config import PretrainConfig
 
-METHODS = {"sigma_mlp": "SIGMA-MLP", "videomae": "VideoMAE (pixels)", "random": "random init"}
+METHODS = {"sigma_mlp": "SIGMA-MLP", "videomae": "VideoMAE (pixels)", "random": "random init",
+           "supervised": "supervised (labels)"}
+PRETRAINED = ("sigma_mlp", "videomae")
+METRICS = ("knn20_top1", "knn200_top1", "linear_top1", "linear_top5", "effective_rank")
+
+
+@dataclass(frozen=True)
+class SigmaSettings:
+    """SIGMA-MLP's settings in the demo: the ones its sweep chose (README, "The demo's settings")."""
+
+    lr: float = 0.024                     # base lr, x batch / 256
+    mask_ratio: float = 0.75
+    num_prototypes: int = 128
+    temperature: float = 0.1
+    sinkhorn_iterations: int = 10
+    sinkhorn_eps: float = 0.05
+    hard_codes: bool = True
+    queue_length: int = 0
+    queue_start: int = 0
+    freeze_prototypes: int = 0
+    feature_dim: int = 256
+    projection_hidden: tuple[int, ...] = (1024, 1024, 512)
+
+    def validate(self) -> None:
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, lo_open=True, hi_open=True)
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """The VideoMAE baseline's settings in the demo: the ones its sweep chose (same tuning budget as SIGMA's)."""
+
+    lr: float = 0.024
+    mask_ratio: float = 0.75
+
+    def validate(self) -> None:
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's knobs. Defaults finish in about 10 minutes on a 2-core CPU.
+    """The demo's knobs; the defaults are ``make demo`` (one seed, about 10 minutes on a 2-core CPU, README).
 
-    ``scene_pool``: backgrounds and objects are drawn from this many, so with ~one per video the val clips show
-    scenes the encoder never saw, and only motion is shared between a class's videos.
-
-    Compute per method: ``steps x batch_size`` clips of ``num_frames x size x size``; the two pretraining runs see
-    the same clips with the same masks (each seeded by video and epoch), in epochs shuffled the same way.
+    Compute per method and seed: ``steps x batch_size`` clips of ``num_frames x size x size``. Seed ``s`` of
+    ``seed .. seed + seeds - 1`` sets the initial weights, the data order, the crops and the masks; the data set
+    itself is fixed by ``data_seed``. ``torch_threads`` None: every core of this machine for the trainer.
     """
 
     out_dir: str = "runs/demo"
-    camera: bool = True                   # classes = camera pan directions (every token sees the motion)
-    scene_pool: int = 512                 # backgrounds/objects to draw from: about one per video
+    seeds: int = 1
+    seed: int = 0
+    data_kind: str = "scenes"
     num_classes: int = 8
-    train_per_class: int = 40
-    val_per_class: int = 20
+    train_per_class: int = 200
+    val_per_class: int = 50
     video_frames: int = 32
+    data_seed: int = 2                    # the evaluation set: exploration used seed 0, the sweeps seed 1
     size: int = 64
+    model_size: str = "tiny"
     num_frames: int = 8
     sampling_rate: int = 2
+    patch: int = 8
+    pos_embed: str = "sinusoid_1d"
+    steps: int = 300
     batch_size: int = 8
-    steps: int = 600
-    warmup_steps: int = 60
-    base_lr: float = 0.024                # x batch 8 / 256 = 7.5e-4 peak
-    num_prototypes: int = 32              # ~380 masked tokens per batch: a few per prototype (as in the paper)
-    temperature: float = 0.1
-    sinkhorn_iterations: int = 10
-    mask_ratio: float = 0.75
+    warmup_steps: int = 30
     probe_every: int = 100
+    probe_per_class: int = 20             # the in-training kNN probe's bank and queries per class (the final
+                                          # evaluation uses the whole train and val splits)
     linear_epochs: int = 100
-    seed: int = 0
+    torch_threads: int | None = None
+    supervised: bool = True
+    supervised_lr: float = 0.024
+    sigma: SigmaSettings = field(default_factory=SigmaSettings)
+    pixels: PixelSettings = field(default_factory=PixelSettings)
 
     def validate(self) -> None:
+        check_range("seeds", self.seeds, 1, 100)
+        check_choice("data_kind", self.data_kind, ("scenes", "camera", "object"))
         check_range("num_classes", self.num_classes, 2, 10)
         check_range("train_per_class", self.train_per_class, 1)
         check_range("val_per_class", self.val_per_class, 1)
         check_range("steps", self.steps, 1)
         check_range("warmup_steps", self.warmup_steps, 0, self.steps)
         check_range("batch_size", self.batch_size, 1)
-        check_range("num_prototypes", self.num_prototypes, 2)
         check_range("probe_every", self.probe_every, 1)
-        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_range("probe_per_class", self.probe_per_class, 1)
+        check_range("supervised_lr", self.supervised_lr, 0.0, lo_open=True)
+        if self.torch_threads is not None:
+            check_range("torch_threads", self.torch_threads, 1, 1024)
         if self.num_classes * self.train_per_class < self.batch_size:
             raise ConfigError(f"train_per_class x num_classes = {self.num_classes * self.train_per_class} must "
                               f"hold at least one batch of batch_size = {self.batch_size}")
 
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
 
-def pretrain_config(demo: DemoConfig, kind: str) -> PretrainConfig:
-    """The tiny pretraining run of one method (``sigma_mlp`` or ``videomae``) on the demo's synthetic set."""
+
+def quick_config(out_dir: str = "runs/demo_quick") -> DemoConfig:
+    """The smallest end-to-end run (tests, a first look): every step of the demo in about a minute."""
+    return DemoConfig(out_dir=out_dir, num_classes=4, train_per_class=4, val_per_class=2, batch_size=4, steps=4,
+                      warmup_steps=1, probe_every=2, probe_per_class=2, linear_epochs=5,
+                      sigma=SigmaSettings(num_prototypes=16, projection_hidden=(64,), queue_length=64))
+
+
+def run_name(kind: str, seed: int) -> str:
+    return f"{kind}_seed{seed}"
+
+
+def pretrain_config(demo: DemoConfig, kind: str, seed: int | None = None) -> PretrainConfig:
+    """The pretraining run of one method (``sigma_mlp`` or ``videomae``) and seed on the demo's synthetic set."""
+    seed = demo.seed if seed is None else seed
     root = str(Path(demo.out_dir, "synthetic").resolve())
-    videos = demo.num_classes * demo.train_per_class
-    steps_per_epoch = videos // demo.batch_size
+    steps_per_epoch = demo.num_classes * demo.train_per_class // demo.batch_size
     epochs = -(-demo.steps // steps_per_epoch)
+    if kind == "sigma_mlp":
+        s = demo.sigma
+        lr, ratio = s.lr, s.mask_ratio
+        objective = {"kind": kind, "num_prototypes": s.num_prototypes, "temperature": s.temperature,
+                     "sinkhorn_iterations": s.sinkhorn_iterations, "sinkhorn_eps": s.sinkhorn_eps,
+                     "hard_codes": s.hard_codes, "queue_length": s.queue_length, "queue_start": s.queue_start,
+                     "freeze_prototypes": s.freeze_prototypes, "feature_dim": s.feature_dim,
+                     "projection_hidden": list(s.projection_hidden)}
+    else:
+        lr, ratio = demo.pixels.lr, demo.pixels.mask_ratio
+        objective = {"kind": kind}
     return from_dict(PretrainConfig, {
-        "name": kind, "storage_path": str(Path(demo.out_dir).resolve()),
-        "model": {"size": "tiny", "num_frames": demo.num_frames, "img_size": demo.size},
-        "objective": {"kind": kind, "num_prototypes": demo.num_prototypes, "temperature": demo.temperature,
-                      "sinkhorn_iterations": demo.sinkhorn_iterations},
+        "name": run_name(kind, seed), "storage_path": str(Path(demo.out_dir).resolve()),
+        "model": {"size": demo.model_size, "num_frames": demo.num_frames, "img_size": demo.size,
+                  "patch": demo.patch, "pos_embed": demo.pos_embed},
+        "objective": objective,
         "data": {"root": root, "train_list": f"{root}/train.csv", "val_list": f"{root}/val.csv",
                  "num_classes": demo.num_classes, "num_frames": demo.num_frames,
                  "sampling_rate": demo.sampling_rate, "input_size": demo.size, "decode_short_side": demo.size,
-                 "batch_size": demo.batch_size, "mask": {"ratio": demo.mask_ratio}, "seed": demo.seed,
+                 "patch": demo.patch, "batch_size": demo.batch_size, "mask": {"ratio": ratio}, "seed": seed,
                  "num_actors_min": 1, "num_actors_max": 1, "actor_num_cpus": 0.5},
         "train": {"epochs": epochs, "max_steps": demo.steps,
-                  "warmup_epochs": epochs * demo.warmup_steps / demo.steps, "base_lr": demo.base_lr,
-                  "min_lr": demo.base_lr / 100, "num_workers": 1, "cpus_per_worker": 0.5,
+                  "warmup_epochs": epochs * demo.warmup_steps / demo.steps, "base_lr": lr,
+                  "min_lr": lr / 100, "num_workers": 1, "cpus_per_worker": 0.5,
+                  "torch_threads": demo.torch_threads or os.cpu_count() or 1,
                   "log_every": 10, "checkpoint_every": demo.steps, "keep_checkpoints": 1,
-                  "probe_every": demo.probe_every, "seed": demo.seed},
+                  "probe_every": demo.probe_every, "seed": seed},
     })
 
 
@@ -119,7 +196,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 def evaluate_encoders(encoders: dict[str, torch.nn.Module], data: DataConfig, num_classes: int,
                       linear_epochs: int, seed: int) -> dict[str, dict[str, float]]:
     """kNN (k = 20, 200; T = 0.07) and linear-probe accuracy (percent) of each encoder on the val split, with a
-    train-split bank. The clips are decoded once and shared by all encoders."""
+    train-split bank, and the effective rank of its pooled train features. The clips are decoded once."""
     train_batches, val_batches = list(eval_batches(data, "train")), list(eval_batches(data, "val"))
     results = {}
     for name, encoder in encoders.items():
@@ -129,14 +206,54 @@ def evaluate_encoders(encoders: dict[str, torch.nn.Module], data: DataConfig, nu
             lin = linear_probe(train, val, num_classes, epochs=linear_epochs, seed=seed)
         results[name] = {"knn20_top1": knn["knn20_top1"], "knn200_top1": knn["knn200_top1"],
                          "linear_top1": lin["linear_top1"], "linear_top5": lin["linear_top5"],
-                         "feature_std": float(_feature_spread(train))}
+                         "linear_train_top1": lin["linear_train_top1"],
+                         "effective_rank": effective_rank(train.feats)}
     return results
 
 
-def _feature_spread(f: Features) -> float:
-    """Mean per-dimension std of the L2-normalized features: near 0 means every video maps to the same point."""
-    x = torch.nn.functional.normalize(f.feats, dim=1)
-    return x.std(dim=0).mean().item()
+def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Module, seed: int
+                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The same encoder trained with the labels (LayerNorm + linear head on mean-pooled tokens, cross-entropy)
+    from the same initial weights, on the same train clips (the pretraining's crops), for the same steps and
+    batch, with the same warm-up + cosine schedule; no other augmentation or regularization. Returns the trained
+    encoder and ``finetune``'s result (its own head's val accuracy ``finetune_top1``)."""
+    from sigma_ray.eval.config import FinetuneConfig
+    from sigma_ray.eval.finetune import finetune
+
+    per_epoch = demo.num_classes * demo.train_per_class // demo.batch_size
+    epochs = -(-demo.steps // per_epoch)
+    steps_per_epoch = demo.steps // epochs
+    config = FinetuneConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=demo.warmup_steps /
+                            steps_per_epoch, base_lr=demo.supervised_lr, min_lr=demo.supervised_lr / 100,
+                            betas=(0.9, 0.95), layer_decay=1.0, drop_path=0.0, mixup=0.0, cutmix=0.0,
+                            label_smoothing=0.0, rand_augment=False, random_erasing=0.0, test_split="val",
+                            precision="fp32", head_init_scale=1.0)
+    with torch.random.fork_rng(devices=[]):
+        result = finetune(encoder, config, dataclasses.replace(data, seed=seed), demo.num_classes, seed=seed,
+                          log_every=10**9)
+    model = result.pop("model")
+    return model.encoder.eval(), result
+
+
+def trivial_pixel_loss(data: DataConfig, mask_ratio: float, batches: int = 8, seed: int = 0) -> float:
+    """The pixel baseline's loss when it predicts 0 for every masked tube (the mean of the standardized targets):
+    the value its loss must fall below to have learned anything. On train clips with the demo's masks."""
+    from sigma_ray.data.iterator import ClipIterator
+    from sigma_ray.model.projection import normalize_tubes, tube_pixels
+    from sigma_ray.model.vit import gather_tokens, split_indices
+    from sigma_ray.step import normalize_clips
+
+    config = dataclasses.replace(data, mask=dataclasses.replace(data.mask, ratio=mask_ratio), seed=seed)
+    sums, count = 0.0, 0
+    for i, batch in enumerate(ClipIterator(config, "train", as_torch=True)):
+        if i == batches:
+            break
+        _, masked = split_indices(batch["masks"])
+        target = normalize_tubes(gather_tokens(tube_pixels(normalize_clips(batch["clips"]), data.tubelet,
+                                                            data.patch), masked))
+        sums += float(target.pow(2).sum())
+        count += target.numel()
+    return sums / count
 
 
 def load_model(run_dir: str | Path, config: PretrainConfig):
@@ -167,50 +284,121 @@ def token_assignments(model, clip: torch.Tensor, mask: torch.Tensor) -> tuple[np
     return target, predicted
 
 
-def plot_curves(runs: dict[str, list[dict]], out: Path) -> dict[str, str]:
-    """loss.png (each method's loss), usage.png (SIGMA's prototype usage perplexity) and knn.png (kNN top-1
-    during pretraining). Returns {plot name: file name}."""
+def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """{method: {metric: (mean, std)}} over seeds (std 0 for one seed; sample std otherwise)."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    seeds = sorted(per_seed)
+    for method in per_seed[seeds[0]]:
+        out[method] = {}
+        for metric in per_seed[seeds[0]][method]:
+            values = np.array([per_seed[s][method][metric] for s in seeds], dtype=np.float64)
+            out[method][metric] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    return out
+
+
+def _cell(mean: float, std: float, seeds: int, digits: int = 1) -> str:
+    return f"{mean:.{digits}f}" if seeds == 1 else f"{mean:.{digits}f} +- {std:.{digits}f}"
+
+
+def format_table(summary: dict[str, dict[str, tuple[float, float]]], chance: float, seeds: int,
+                 seconds: dict[str, float]) -> str:
+    """Markdown table: accuracy in percent (mean +- std over seeds), effective rank, pretraining seconds."""
+    lines = ["| method | kNN k=20 top-1 | kNN k=200 top-1 | linear top-1 | linear top-5 | effective rank | "
+             "training (s per seed) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for kind, r in summary.items():
+        secs = f"{seconds[kind]:.0f}" if kind in seconds else "-"
+        lines.append(f"| {METHODS[kind]} | " + " | ".join(_cell(*r[m], seeds) for m in METRICS) + f" | {secs} |")
+    lines.append(f"| chance | {chance:.1f} | {chance:.1f} | {chance:.1f} | | | |")
+    return "\n".join(lines)
+
+
+def format_seed_rows(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
+    """Every run, one row per seed and method (no run is left out of the report)."""
+    lines = ["| seed | method | kNN k=20 | kNN k=200 | linear top-1 | effective rank |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for s in sorted(per_seed):
+        for kind, r in per_seed[s].items():
+            lines.append(f"| {s} | {METHODS[kind]} | {r['knn20_top1']:.1f} | {r['knn200_top1']:.1f} | "
+                         f"{r['linear_top1']:.1f} | {r['effective_rank']:.1f} |")
+    return "\n".join(lines)
+
+
+def verdict(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
+    """Whether SIGMA-MLP > VideoMAE > random init holds on the linear probe and on kNN (k = 20), by the means."""
+    parts, holds = [], True
+    for metric, label in (("linear_top1", "linear probe"), ("knn20_top1", "kNN k=20")):
+        s, v, r = (summary[k][metric][0] for k in ("sigma_mlp", "videomae", "random"))
+        ok = s > v > r
+        holds &= ok
+        parts.append(f"{label}: SIGMA-MLP {s:.1f} {'>' if s > v else '<='} VideoMAE {v:.1f} "
+                     f"{'>' if v > r else '<='} random {r:.1f}")
+    head = "The ordering SIGMA-MLP > VideoMAE > random init holds" if holds else \
+        "The ordering SIGMA-MLP > VideoMAE > random init does NOT hold"
+    return f"{head} ({'; '.join(parts)})."
+
+
+def _plot_runs(ax, runs: dict[int, list[dict]], key: str, label: str, colour: str) -> None:
+    for i, (seed, rows) in enumerate(sorted(runs.items())):
+        xs = [r["step"] for r in rows if key in r]
+        if xs:
+            ax.plot(xs, [r[key] for r in rows if key in r], color=colour, alpha=0.9 if i == 0 else 0.45,
+                    label=label if i == 0 else None)
+
+
+def plot_curves(runs: dict[str, dict[int, list[dict]]], out: Path, trivial_loss: float | None = None
+                ) -> dict[str, str]:
+    """loss.png (each method's loss per seed; the pixel target's trivial loss dashed), usage.png (both sides'
+    prototype-usage perplexity), codes_per_clip.png (distinct codes among a clip's masked tokens) and knn.png
+    (kNN top-1 during pretraining). Returns {plot title: file name}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = {}
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.4))
-    for ax, (kind, rows) in zip(np.atleast_1d(axes), runs.items()):
-        steps = [r["step"] for r in rows]
-        for key in ("loss", "loss_video", "loss_proj"):
-            if key in rows[0]:
-                ax.plot(steps, [r[key] for r in rows], label=key)
-        ax.set(title=METHODS[kind], xlabel="step", ylabel="loss")
-        ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for key, colour in (("loss_video", "C0"), ("loss_proj", "C1"), ("loss", "C2")):
+        _plot_runs(axes[0], runs["sigma_mlp"], key, key, colour)
+    axes[0].set(title=METHODS["sigma_mlp"], xlabel="step", ylabel="loss")
+    _plot_runs(axes[1], runs["videomae"], "loss", "loss (MSE)", "C2")
+    if trivial_loss is not None:
+        axes[1].axhline(trivial_loss, ls="--", color="k", lw=1, label=f"predict 0: {trivial_loss:.3f}")
+    axes[1].set(title=METHODS["videomae"], xlabel="step", ylabel="loss")
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "loss.png", dpi=110)
-    files["loss curves"] = "loss.png"
     plt.close(fig)
+    files["loss curves"] = "loss.png"
 
-    if "sigma_mlp" in runs:
-        rows = runs["sigma_mlp"]
+    for name, (title, keys) in {
+            "usage.png": ("prototype usage over the batch (perplexity; 1 = collapse)",
+                          ("perplexity_video", "perplexity_proj")),
+            "codes_per_clip.png": ("distinct codes among a clip's masked tokens (1 = the code names the clip)",
+                                   ("codes_per_clip_video", "codes_per_clip_proj"))}.items():
         fig, ax = plt.subplots(figsize=(6, 3.4))
-        for key, label in (("perplexity_video", "video model's codes"), ("perplexity_proj", "projection's codes")):
-            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
-        ax.set(title="prototype usage (perplexity; 1 = collapse)", xlabel="step", ylabel="perplexity")
-        ax.legend()
+        for key, colour in zip(keys, ("C0", "C1")):
+            _plot_runs(ax, runs["sigma_mlp"], key, "video model's codes" if key.endswith("video") else
+                       "projection's codes", colour)
+        ax.set(title=title, xlabel="step")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "usage.png", dpi=110)
-        files["prototype usage"] = "usage.png"
+        fig.savefig(out / name, dpi=110)
         plt.close(fig)
+        files["prototype usage" if name == "usage.png" else "codes per clip"] = name
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for kind, rows in runs.items():
-        probed = [r for r in rows if "knn_top1" in r]
-        ax.plot([r["step"] for r in probed], [r["knn_top1"] for r in probed], marker="o", label=METHODS[kind])
-    ax.set(title="kNN top-1 on val during pretraining (k=20)", xlabel="step", ylabel="accuracy (%)")
-    ax.legend()
+    for kind, colour in (("sigma_mlp", "C0"), ("videomae", "C1")):
+        _plot_runs(ax, runs[kind], "knn_top1", METHODS[kind], colour)
+    ax.set(title="kNN top-1 during pretraining (k=20, probe subset of train/val)", xlabel="step",
+           ylabel="accuracy (%)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "knn.png", dpi=110)
-    files["kNN during pretraining"] = "knn.png"
     plt.close(fig)
+    files["kNN during pretraining"] = "knn.png"
     return files
 
 
@@ -231,16 +419,18 @@ def plot_strip(model, data: DataConfig, out: Path, seed: int) -> str:
     target, predicted = token_assignments(model, clip, mask)
     t, h, w = grid
     palette = plt.get_cmap("tab20")(np.arange(20))[:, :3]
-    colour = lambda ids: np.where(ids[..., None] >= 0, palette[np.maximum(ids, 0) % 20], 1.0)  # noqa: E731
     up = clip.shape[1] // h
+
+    def colour(ids: np.ndarray) -> np.ndarray:
+        return np.where(ids[..., None] >= 0, palette[np.maximum(ids, 0) % 20], 1.0).repeat(up, 0).repeat(up, 1)
+
     fig, axes = plt.subplots(4, t, figsize=(1.6 * t, 6.8))
     rows = ("frame", "tube mask", "projection's prototype", "video model's prediction")
     for i in range(t):
         frame = clip[i * data.tubelet].numpy() / 255.0
         m = mask.view(t, h, w)[i].numpy().repeat(up, 0).repeat(up, 1)
         masked_frame = np.where(m[..., None], 0.25 + 0.1 * frame, frame)
-        tgt = colour(target.reshape(t, h, w)[i]).repeat(up, 0).repeat(up, 1)
-        prd = colour(predicted.reshape(t, h, w)[i]).repeat(up, 0).repeat(up, 1)
+        tgt, prd = colour(target.reshape(t, h, w)[i]), colour(predicted.reshape(t, h, w)[i])
         for r, img in enumerate((frame, masked_frame, 0.85 * tgt + 0.15 * frame, prd)):
             axes[r, i].imshow(img)
             axes[r, i].set_xticks([])
@@ -255,97 +445,142 @@ def plot_strip(model, data: DataConfig, out: Path, seed: int) -> str:
     return "strip.png"
 
 
-def format_table(results: dict[str, dict[str, float]], chance: float, seconds: dict[str, float]) -> str:
-    """A markdown table of the results (percent)."""
-    lines = ["| method | kNN k=20 top-1 | kNN k=200 top-1 | linear top-1 | linear top-5 | pretraining (s) |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for kind, r in results.items():
-        secs = f"{seconds[kind]:.0f}" if kind in seconds else "-"
-        lines.append(f"| {METHODS[kind]} | {r['knn20_top1']:.1f} | {r['knn200_top1']:.1f} | {r['linear_top1']:.1f} "
-                     f"| {r['linear_top5']:.1f} | {secs} |")
-    lines.append(f"| chance | {chance:.1f} | {chance:.1f} | {chance:.1f} | | |")
-    return "\n".join(lines)
+def write_data(demo: DemoConfig, root: Path) -> None:
+    """The demo's synthetic set (``demo.data_kind``, seed ``demo.data_seed``) under ``root``, unless it is there."""
+    from sigma_ray.data.synthetic import make_synthetic
+
+    if (root / "train.csv").is_file():
+        return
+    print(f"[demo] writing the synthetic '{demo.data_kind}' set ({demo.num_classes} classes, "
+          f"{demo.num_classes * demo.train_per_class} train / {demo.num_classes * demo.val_per_class} val videos) "
+          f"to {root}", flush=True)
+    make_synthetic(root, num_classes=demo.num_classes, train_per_class=demo.train_per_class,
+                   val_per_class=demo.val_per_class, frames=demo.video_frames, size=demo.size, seed=demo.data_seed,
+                   pool=512, kind=demo.data_kind)
+
+
+def _probe(demo: DemoConfig, data: DataConfig, out: Path) -> KnnProbe:
+    """The in-training kNN probe on the first ``probe_per_class`` train and val videos of each class."""
+    from sigma_ray.data.annotations import load_split
+    from sigma_ray.tune.sweep import first_per_class, write_list
+
+    lists = {split: write_list(first_per_class(load_split(data, split), demo.probe_per_class),
+                               out / "probe" / f"{split}.csv") for split in ("train", "val")}
+    return KnnProbe(dataclasses.replace(data, root=None, train_list=lists["train"], val_list=lists["val"]),
+                    demo.num_classes, k=20)
 
 
 def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
-    """Run the whole demo (see the module docstring); returns the results dict also written to results.json."""
-    from sigma_ray.data.synthetic import make_synthetic
+    """Run the whole demo (see the module docstring); returns the summary also written to results.json."""
     from sigma_ray.ray_session import init_ray
     from sigma_ray.model.sigma import build_model
     from sigma_ray.train.launch import pretrain
 
     demo.validate()
+    demo.sigma.validate()
+    demo.pixels.validate()
     t_start = time.perf_counter()
     out = Path(demo.out_dir).resolve()
-    root = out / "synthetic"
-    if not (root / "train.csv").is_file():
-        print(f"[demo] writing the synthetic set ({demo.num_classes} {'camera' if demo.camera else 'object'}-motion "
-              f"classes) to {root}", flush=True)
-        make_synthetic(root, num_classes=demo.num_classes, train_per_class=demo.train_per_class,
-                       val_per_class=demo.val_per_class, frames=demo.video_frames, size=demo.size, seed=demo.seed,
-                       pool=demo.scene_pool, camera=demo.camera)
+    write_data(demo, out / "synthetic")
     # The dashboard: to watch the runs, and Ray Train V2's placement-group cleaner queries its state API.
     init_ray(include_dashboard=True)
-    configs = {kind: pretrain_config(demo, kind) for kind in ("sigma_mlp", "videomae")}
-    data = configs["sigma_mlp"].data
-    probe = KnnProbe(data, demo.num_classes, k=20)
+    data = pretrain_config(demo, "sigma_mlp").data
+    probe = _probe(demo, data, out)
 
-    seconds, runs, models = {}, {}, {}
-    for kind, config in configs.items():
-        print(f"[demo] pretraining {METHODS[kind]}: {demo.steps} steps x {demo.batch_size} clips", flush=True)
-        t0 = time.perf_counter()
-        result = pretrain(config, probe=probe)
-        seconds[kind] = time.perf_counter() - t0
-        runs[kind] = read_metrics(result.run_dir)
-        models[kind] = load_model(result.run_dir, config)
+    per_seed: dict[int, dict[str, dict[str, float]]] = {}
+    runs: dict[str, dict[int, list[dict]]] = {kind: {} for kind in PRETRAINED}
+    seconds: dict[str, list[float]] = {kind: [] for kind in (*PRETRAINED, "supervised")}
+    supervised_head: dict[int, float] = {}
+    sigma_model = None
+    for seed in demo.seed_list:
+        models = {}
+        for kind in PRETRAINED:
+            config = pretrain_config(demo, kind, seed)
+            print(f"[demo] seed {seed}: pretraining {METHODS[kind]}, {demo.steps} steps x {demo.batch_size} clips",
+                  flush=True)
+            t0 = time.perf_counter()
+            result = pretrain(config, probe=probe)
+            seconds[kind].append(time.perf_counter() - t0)
+            runs[kind][seed] = read_metrics(result.run_dir)
+            models[kind] = load_model(result.run_dir, config)
+        sigma_model = sigma_model or models["sigma_mlp"]
+        config = pretrain_config(demo, "sigma_mlp", seed)
+        torch.manual_seed(seed)  # the initial weights both runs started from (the trainer seeds the same way)
+        random_encoder = build_model(config.model, config.objective).encoder.eval()
+        encoders = {"sigma_mlp": models["sigma_mlp"].encoder, "videomae": models["videomae"].encoder,
+                    "random": random_encoder}
+        if demo.supervised:
+            print(f"[demo] seed {seed}: the supervised bound, {demo.steps} steps x {demo.batch_size} labelled clips",
+                  flush=True)
+            t0 = time.perf_counter()
+            encoders["supervised"], sup = supervised_bound(demo, data, random_encoder, seed)
+            seconds["supervised"].append(time.perf_counter() - t0)
+            supervised_head[seed] = sup["finetune_top1"]
+        print(f"[demo] seed {seed}: evaluating {', '.join(METHODS[k] for k in encoders)} (kNN, linear probe)",
+              flush=True)
+        per_seed[seed] = evaluate_encoders(encoders, data, demo.num_classes, demo.linear_epochs, seed)
 
-    torch.manual_seed(demo.seed)  # the initial weights both runs started from (the trainer seeds the same way)
-    random_model = build_model(configs["sigma_mlp"].model, configs["sigma_mlp"].objective)
-    encoders = {"sigma_mlp": models["sigma_mlp"].encoder, "videomae": models["videomae"].encoder,
-                "random": random_model.encoder.eval()}
-    print("[demo] evaluating: kNN and linear probe on the val split", flush=True)
-    results = evaluate_encoders(encoders, data, demo.num_classes, demo.linear_epochs, demo.seed)
-
-    plots = plot_curves(runs, out)
-    plots["frames, mask and prototype assignments"] = plot_strip(models["sigma_mlp"], data, out, demo.seed)
+    summary = summarize(per_seed)
+    trivial = trivial_pixel_loss(data, demo.pixels.mask_ratio)
+    plots = plot_curves(runs, out, trivial)
+    plots["frames, mask and prototype assignments"] = plot_strip(sigma_model, data, out, demo.seed)
     chance = 100.0 / demo.num_classes
-    table = format_table(results, chance, seconds)
+    mean_seconds = {k: float(np.mean(v)) for k, v in seconds.items() if v}
+    table = format_table(summary, chance, demo.seeds, mean_seconds)
+    final = {kind: {s: rows[-1] for s, rows in r.items()} for kind, r in runs.items()}
+    diagnostics = _diagnostics(final, trivial, supervised_head, demo.sigma.num_prototypes)
     total = time.perf_counter() - t_start
-    summary = {"config": dataclasses.asdict(demo), "results": results, "pretrain_seconds": seconds,
-               "total_seconds": total, "chance": chance}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    verdict = compare(results)
-    write_report(out / "report.md", demo, table, verdict, plots, total)
-    print("\n" + table + f"\n\n{verdict}\n[demo] {total / 60:.1f} min; report: {out / 'report.md'}", flush=True)
-    return summary
+    result = {"config": dataclasses.asdict(demo), "per_seed": per_seed,
+              "summary": {k: {m: list(v) for m, v in r.items()} for k, r in summary.items()},
+              "final_training_metrics": final, "trivial_pixel_loss": trivial,
+              "supervised_head_top1": supervised_head, "seconds": seconds, "total_seconds": total,
+              "chance": chance}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    line = verdict(summary)
+    write_report(out / "report.md", demo, table, format_seed_rows(per_seed), line, diagnostics, plots, total)
+    print("\n" + table + f"\n\n{diagnostics}\n\n{line}\n[demo] {total / 60:.1f} min; report: {out / 'report.md'}",
+          flush=True)
+    return result
 
 
-def compare(results: dict[str, dict[str, float]]) -> str:
-    """One sentence on what the table shows: SIGMA-MLP's linear-probe accuracy against the other two."""
-    sigma = results["sigma_mlp"]["linear_top1"]
-    parts = []
-    for kind in ("random", "videomae"):
-        diff = sigma - results[kind]["linear_top1"]
-        side = "above" if diff > 0 else "below" if diff < 0 else "level with"
-        parts.append(f"{abs(diff):.1f} points {side} {METHODS[kind]}")
-    return f"SIGMA-MLP's linear probe is {parts[0]} and {parts[1]}."
+def _diagnostics(final: dict[str, dict[int, dict]], trivial: float, supervised_head: dict[int, float],
+                 num_prototypes: int) -> str:
+    """The end-of-training numbers that say whether each objective learned (means over seeds)."""
+    def mean(kind: str, key: str) -> float:
+        return float(np.mean([row[key] for row in final[kind].values()]))
+
+    lines = [f"- VideoMAE's pixel loss at the end: {mean('videomae', 'loss'):.3f} (predicting 0 for every masked "
+             f"tube: {trivial:.3f}; {100 * (1 - mean('videomae', 'loss') / trivial):.1f}% below it)",
+             f"- SIGMA-MLP's codes at the end: prototype-usage perplexity {mean('sigma_mlp', 'perplexity_proj'):.1f} "
+             f"(projection) / {mean('sigma_mlp', 'perplexity_video'):.1f} (video model) of K = {num_prototypes}; distinct "
+             f"codes per clip {mean('sigma_mlp', 'codes_per_clip_proj'):.1f} / "
+             f"{mean('sigma_mlp', 'codes_per_clip_video'):.1f} (1 = every token of a clip gets the clip's code)"]
+    if supervised_head:
+        lines.append(f"- the supervised bound's own head on val: "
+                     f"{float(np.mean(list(supervised_head.values()))):.1f}% top-1")
+    return "\n".join(lines)
 
 
-def write_report(path: Path, demo: DemoConfig, table: str, verdict: str, plots: dict[str, str],
-                 total_s: float) -> None:
+def write_report(path: Path, demo: DemoConfig, table: str, seed_rows: str, line: str, diagnostics: str,
+                 plots: dict[str, str], total_s: float) -> None:
     n_train, n_val = demo.num_classes * demo.train_per_class, demo.num_classes * demo.val_per_class
+    s, p = demo.sigma, demo.pixels
     lines = [
         "# sigma-ray demo", "",
-        f"The `tiny` video ViT pretrained for {demo.steps} steps x {demo.batch_size} clips "
-        f"({demo.num_frames} frames at {demo.size}x{demo.size}, tube masks at ratio {demo.mask_ratio}) on the "
-        f"synthetic {'camera-pan' if demo.camera else 'object-motion'} set ({demo.num_classes} classes that differ "
-        f"only in motion, {n_train} train / {n_val} val videos), once with "
-        f"SIGMA-MLP (K = {demo.num_prototypes} prototypes, temperature {demo.temperature}, "
-        f"{demo.sinkhorn_iterations} Sinkhorn iterations) and once with the VideoMAE pixel target, at equal "
-        "compute: the same clips, masks, schedule and initial weights. 'random init' is those initial weights.",
-        "", "Accuracy on the val split in percent (kNN: bank from the train split, T = 0.07; linear: "
-        f"BatchNorm + linear head, {demo.linear_epochs} epochs of SGD on frozen mean-pooled features):", "",
-        table, "", verdict, "", f"Total time {total_s / 60:.1f} min.", ""]
+        f"The `{demo.model_size}` video ViT ({demo.num_frames} frames at {demo.size}x{demo.size}, tubelet 2, patch "
+        f"{demo.patch}) pretrained for {demo.steps} steps x {demo.batch_size} clips on the synthetic "
+        f"'{demo.data_kind}' set ({demo.num_classes} classes, {n_train} train / {n_val} val videos), once with "
+        f"SIGMA-MLP (K = {s.num_prototypes}, temperature {s.temperature}, {s.sinkhorn_iterations} Sinkhorn "
+        f"iterations, eps {s.sinkhorn_eps}, {'hard' if s.hard_codes else 'soft'} codes, queue {s.queue_length}, "
+        f"base lr {s.lr}, mask ratio {s.mask_ratio}) and once with the VideoMAE pixel target (base lr {p.lr}, mask "
+        f"ratio {p.mask_ratio}), at equal compute: the same steps, batch, clips, schedule and initial weights. "
+        "'random init' is those initial weights; 'supervised' is the same encoder trained with the labels for the "
+        f"same steps. Seeds: {', '.join(map(str, demo.seed_list))}.",
+        "", "Accuracy on the val split in percent (kNN: bank from the train split, T = 0.07; linear: BatchNorm + "
+        f"linear head, {demo.linear_epochs} epochs of SGD on frozen mean-pooled features); effective rank of the "
+        "pooled train features:", "", table, "", line, "", diagnostics, "", "Every run:", "", seed_rows, "",
+        f"Total time {total_s / 60:.1f} min.", ""]
     for title, file in plots.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     path.write_text("\n".join(lines))
+

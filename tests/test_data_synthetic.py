@@ -98,7 +98,7 @@ def test_camera_motion_classes_single_frame_at_chance_motion_separates(tmp_path_
     from sigma_ray.data.synthetic import CAMERA_CLASSES
 
     paths = make_synthetic(tmp_path_factory.mktemp("camera"), num_classes=8, train_per_class=8, val_per_class=4,
-                           frames=16, size=64, seed=2, camera=True)
+                           frames=16, size=64, seed=2, kind="camera")
     assert open(paths["classes"]).read().split() == list(CAMERA_CLASSES)
     xtr, ytr = load(paths, "train")
     xva, yva = load(paths, "val")
@@ -107,3 +107,41 @@ def test_camera_motion_classes_single_frame_at_chance_motion_separates(tmp_path_
     # the whole frame translates: the affine flow's translation alone names the direction
     motion = lambda x: np.stack([affine_motion(c)[:2] for c in x])
     assert (nearest_centroid(motion(xtr), ytr, motion(xva)) == yva).mean() > 0.9
+
+
+def fourfold_anisotropy(frame: np.ndarray, window: int = 16) -> float:
+    """How much a frame's edges line up along two perpendicular directions, whatever their angle: per window,
+    the magnitude of the gradient-weighted mean of exp(4i * orientation), averaged over windows with edges
+    (each object has its own angle, so the windows are taken apart). High for squares and crosses, low for
+    discs."""
+    iy, ix = np.gradient(frame.astype(np.float32).mean(-1))
+    w = np.hypot(ix, iy) * (np.hypot(ix, iy) > 8)
+    z = w * np.exp(4j * np.arctan2(iy, ix))
+    n = frame.shape[0] // window
+    zs = z.reshape(n, window, n, window).sum((1, 3))
+    ws = w.reshape(n, window, n, window).sum((1, 3))
+    keep = ws > 0
+    return float((np.abs(zs[keep]) / ws[keep]).mean()) if keep.any() else 0.0
+
+
+def test_scene_classes_need_appearance_and_motion(tmp_path_factory):
+    from sigma_ray.data.synthetic import PAN_DIRECTIONS, SCENE_CLASSES
+
+    paths = make_synthetic(tmp_path_factory.mktemp("scenes"), num_classes=8, train_per_class=10, val_per_class=5,
+                           frames=16, size=64, seed=4, kind="scenes")
+    assert open(paths["classes"]).read().split() == list(SCENE_CLASSES)
+    xtr, ytr = load(paths, "train")
+    xva, yva = load(paths, "val")
+    kind_tr, kind_va, dir_tr, dir_va = ytr % 2, yva % 2, ytr // 2, yva // 2
+    # one frame: the scene's kind shows (the edges' four-fold symmetry) ...
+    shape = lambda x: np.array([[fourfold_anisotropy(c[8], w) for w in (16, 32)] for c in x])
+    assert (nearest_centroid(shape(xtr), kind_tr, shape(xva)) == kind_va).mean() > 0.8
+    # ... the pan direction does not (ridge on thumbnails of one frame is at chance for the 4 directions) ...
+    thumb = lambda x: x[:, 8].reshape(len(x), 16, 4, 16, 4, 3).mean((2, 4)).reshape(len(x), -1) / 255
+    assert (ridge(thumb(xtr), dir_tr, thumb(xva)) == dir_va).mean() < 1 / len(PAN_DIRECTIONS) + 0.2
+    # ... and frame differences do: the affine flow's translation names it
+    motion = lambda x: np.stack([affine_motion(c)[:2] for c in x])
+    assert (nearest_centroid(motion(xtr), dir_tr, motion(xva)) == dir_va).mean() > 0.9
+    # both together name the class
+    both = lambda x: np.concatenate([shape(x) * 10, motion(x)], axis=1)
+    assert (nearest_centroid(both(xtr), ytr, both(xva)) == yva).mean() > 0.75

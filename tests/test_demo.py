@@ -1,51 +1,126 @@
-"""The demo end to end at its smallest size: both pretraining runs, the evaluation, the table and the report."""
+"""The demo: its configs, its arithmetic (mean +- std, the verdict) and, at its smallest size, the whole loop."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
+import numpy as np
 import pytest
+import torch
 
-from sigma_ray.demo import METHODS, DemoConfig, format_table, pretrain_config, run_demo
+from sigma_ray.config import ConfigError
+from sigma_ray.demo import (METHODS, DemoConfig, PixelSettings, SigmaSettings, format_table, pretrain_config,
+                            quick_config, run_demo, summarize, verdict)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_pretrain_configs_differ_only_in_the_objective(tmp_path):
-    demo = DemoConfig(out_dir=str(tmp_path))
-    sigma, pixels = pretrain_config(demo, "sigma_mlp"), pretrain_config(demo, "videomae")
+def test_pretrain_configs_share_everything_but_the_objective_and_its_tuned_settings(tmp_path):
+    demo = DemoConfig(out_dir=str(tmp_path), sigma=SigmaSettings(lr=0.01, mask_ratio=0.8),
+                      pixels=PixelSettings(lr=0.02, mask_ratio=0.6))
+    sigma, pixels = pretrain_config(demo, "sigma_mlp", 3), pretrain_config(demo, "videomae", 3)
     assert sigma.objective.kind == "sigma_mlp" and pixels.objective.kind == "videomae"
-    assert sigma.data == pixels.data and sigma.train == pixels.train and sigma.model == pixels.model
+    assert sigma.model == pixels.model and sigma.model.patch == demo.patch
+    assert (sigma.train.base_lr, pixels.train.base_lr) == (0.01, 0.02)
+    assert (sigma.data.mask.ratio, pixels.data.mask.ratio) == (0.8, 0.6)
+    same_data = dataclasses.replace(pixels.data, mask=sigma.data.mask)
+    same_train = dataclasses.replace(pixels.train, base_lr=0.01, min_lr=sigma.train.min_lr)
+    assert same_data == sigma.data and same_train == sigma.train
     assert sigma.train.max_steps == demo.steps and sigma.global_batch == demo.batch_size
+    # a seed sets the initial weights and the data order, crops and masks; the set itself is the data seed's
+    other = pretrain_config(demo, "sigma_mlp", 4)
+    assert (other.train.seed, other.data.seed) == (4, 4) and other.data.train_list == sigma.data.train_list
 
 
-def test_table_lists_every_method_and_chance():
-    row = {"knn20_top1": 50.0, "knn200_top1": 40.0, "linear_top1": 60.0, "linear_top5": 90.0}
-    table = format_table({k: row for k in METHODS}, 12.5, {"sigma_mlp": 100.0})
+def test_summary_is_mean_and_sample_std_over_seeds():
+    per_seed = {0: {"random": {"linear_top1": 10.0}}, 1: {"random": {"linear_top1": 20.0}},
+                2: {"random": {"linear_top1": 30.0}}}
+    assert summarize(per_seed) == {"random": {"linear_top1": (20.0, 10.0)}}
+    assert summarize({5: per_seed[0]}) == {"random": {"linear_top1": (10.0, 0.0)}}
+
+
+def _summary(sigma: float, pixels: float, random: float) -> dict:
+    row = lambda v: {"knn20_top1": (v, 1.0), "knn200_top1": (v, 1.0), "linear_top1": (v, 1.0),  # noqa: E731
+                     "linear_top5": (v, 1.0), "effective_rank": (5.0, 0.5)}
+    return {"sigma_mlp": row(sigma), "videomae": row(pixels), "random": row(random), "supervised": row(90.0)}
+
+
+def test_table_lists_every_method_with_mean_and_std_and_chance():
+    table = format_table(_summary(50.0, 40.0, 30.0), 12.5, 3, {"sigma_mlp": 100.0})
     assert all(name in table for name in METHODS.values()) and "| chance | 12.5 |" in table
+    assert "50.0 +- 1.0" in table and "| 100 |" in table
+
+
+def test_verdict_says_whether_the_ordering_holds():
+    assert verdict(_summary(50.0, 40.0, 30.0)).startswith("The ordering SIGMA-MLP > VideoMAE > random init holds")
+    no = verdict(_summary(50.0, 20.0, 30.0))
+    assert "does NOT hold" in no and "VideoMAE 20.0 <= random 30.0" in no
 
 
 def test_bad_demo_config_names_the_field(tmp_path):
-    from sigma_ray.config import ConfigError
-
     with pytest.raises(ConfigError, match="mask_ratio"):
-        run_demo(DemoConfig(out_dir=str(tmp_path), mask_ratio=1.0))
+        run_demo(DemoConfig(out_dir=str(tmp_path), pixels=PixelSettings(mask_ratio=1.0)))
+    with pytest.raises(ConfigError, match="seeds"):
+        run_demo(DemoConfig(out_dir=str(tmp_path), seeds=0))
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(ray_session, tmp_path):
-    demo = dataclasses.replace(DemoConfig(out_dir=str(tmp_path)), num_classes=4, train_per_class=4,
-                               val_per_class=2, batch_size=4, steps=4, warmup_steps=1, probe_every=2,
-                               num_prototypes=16, linear_epochs=5)
-    summary = run_demo(demo)
-    assert set(summary["results"]) == set(METHODS)
-    for r in summary["results"].values():
-        assert 0 <= r["linear_top1"] <= 100 and 0 <= r["knn20_top1"] <= 100
-    assert json.loads((tmp_path / "results.json").read_text())["results"] == summary["results"]
+def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
+    demo = dataclasses.replace(quick_config(str(tmp_path)), seeds=2, steps=8, probe_every=4)
+    out = run_demo(demo)
+    assert sorted(out["per_seed"]) == [0, 1] and all(set(r) == set(METHODS) for r in out["per_seed"].values())
+    for r in out["per_seed"].values():
+        assert all(0 <= m["linear_top1"] <= 100 and m["effective_rank"] >= 1 for m in r.values())
+    # the runs trained: the encoders moved away from their shared initial weights, the pixel loss fell
+    from sigma_ray.demo import load_model, run_name
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        cfg = pretrain_config(demo, "sigma_mlp", seed)
+        from sigma_ray.model.sigma import build_model
+        init = build_model(cfg.model, cfg.objective).encoder.state_dict()
+        for kind in ("sigma_mlp", "videomae"):
+            trained = load_model(tmp_path / run_name(kind, seed), pretrain_config(demo, kind, seed)).encoder
+            moved = max((trained.state_dict()[k] - v).abs().max().item() for k, v in init.items())
+            assert moved > 1e-4, (kind, seed)
+        rows = [json.loads(line) for line in (tmp_path / run_name("videomae", seed) / "metrics.jsonl")
+                .read_text().splitlines()]
+        assert rows[-1]["loss"] < rows[0]["loss"]
+        sigma_rows = [json.loads(line) for line in (tmp_path / run_name("sigma_mlp", seed) / "metrics.jsonl")
+                      .read_text().splitlines()]
+        assert [r["step"] for r in sigma_rows if "knn_top1" in r] == [4, 8]
+        assert all(1 <= r["codes_per_clip_proj"] <= 16 for r in sigma_rows)   # at most K = 16 codes
+    # the table's means are the seeds' means, every run is in the report with the plots
+    s = out["summary"]["sigma_mlp"]["linear_top1"]
+    assert s[0] == pytest.approx(np.mean([out["per_seed"][k]["sigma_mlp"]["linear_top1"] for k in (0, 1)]))
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == out["summary"]
     report = (tmp_path / "report.md").read_text()
-    for png in ("loss.png", "usage.png", "knn.png", "strip.png"):
+    assert report.count("| SIGMA-MLP |") == 3       # the summary row and one row per seed
+    for png in ("loss.png", "usage.png", "codes_per_clip.png", "knn.png", "strip.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
         assert f"({png})" in report
-    knn_steps = [json.loads(line)["step"] for line in (tmp_path / "sigma_mlp" / "metrics.jsonl").read_text()
-                 .splitlines() if "knn_top1" in json.loads(line)]
-    assert knn_steps == [2, 4]
+    assert 0 < out["trivial_pixel_loss"] <= 1.0
+
+
+def test_the_tuning_config_is_the_demos_run_on_another_data_set():
+    """experiments/configs/demo_tuning.yaml (what both demo sweeps start from) must stay the demo's run: the same
+    model, clips, batch, masks and schedule shape, on the same generator's set with another seed."""
+    from pathlib import Path
+
+    from sigma_ray.data.synthetic import SyntheticConfig
+    from sigma_ray.train.config import load_pretrain_config
+
+    demo = DemoConfig()
+    tuning = load_pretrain_config(Path(__file__).parents[1] / "experiments/configs/demo_tuning.yaml")
+    run = pretrain_config(demo, "sigma_mlp")
+    assert tuning.model == run.model
+    keep = dict(root=None, train_list="", val_list=None, seed=0)
+    assert dataclasses.replace(tuning.data, **keep) == dataclasses.replace(run.data, **keep)
+    assert tuning.synthetic == SyntheticConfig(kind=demo.data_kind, num_classes=demo.num_classes,
+                                               train_per_class=demo.train_per_class, val_per_class=demo.val_per_class,
+                                               frames=demo.video_frames, size=demo.size, seed=1)
+    assert tuning.synthetic.seed != demo.data_seed            # never tuned on the set the demo reports
+    t, r = tuning.train, run.train
+    assert t.warmup_epochs / t.epochs == pytest.approx(r.warmup_epochs / r.epochs)
+    assert t.min_lr / t.base_lr == pytest.approx(r.min_lr / r.base_lr)
+    assert (t.betas, t.weight_decay, t.num_workers) == (r.betas, r.weight_decay, r.num_workers)
+    assert tuning.objective.kind == "sigma_mlp"

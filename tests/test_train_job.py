@@ -19,6 +19,8 @@ import pytest
 
 from sigma_ray.train.checkpoint import list_checkpoints
 
+from auth_proxy import AuthProxy
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -145,7 +147,8 @@ def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_s
 
     # 4. Ray Train's run state (pretrain turns its tracking on): each run by its name, finished, with its job
     # and its one worker's log file; the progress lines are in the job's log
-    with urllib.request.urlopen(f"{head['url']}/api/train/v2/runs/v1", timeout=30) as r:
+    with urllib.request.urlopen(urllib.request.Request(f"{head['url']}/api/train/v2/runs/v1", headers=head["auth"]),
+                                timeout=30) as r:
         runs = {run["name"]: run for run in json.load(r)["train_runs"]}
     for name, submission in (("via_cli", "cli-job"), ("via_client", "client-job")):
         run = runs[name]
@@ -156,7 +159,9 @@ def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_s
 
     # 5. the Ray dashboard's page of the finished job, rendered in headless Chromium: submission id, status,
     # the entrypoint with the run's name and the driver's log naming the run
-    text = chromium.text(f"{head['url']}/#/jobs/cli-job", expect="Running entrypoint for job")
+    # the dashboard's API refuses requests without the token: the browser talks to it as a signed-in one would
+    with AuthProxy(head["url"], head["auth"]) as dashboard:
+        text = chromium.text(f"{dashboard}/#/jobs/cli-job", expect="Running entrypoint for job")
     assert "Submission ID cli-job" in text and "SUCCEEDED" in text and "--name via_cli" in text
     # the log viewer splits a line into highlighted tokens: compare without whitespace
     assert "[sigma-ray]runvia_cli:4stepson1worker(s)" in "".join(text.split())

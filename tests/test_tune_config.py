@@ -7,7 +7,7 @@ import pytest
 
 from sigma_ray.config import ConfigError, from_dict, load_config
 from sigma_ray.tune.cli import main
-from sigma_ray.tune.config import PARAM_FIELDS, SearchSpace, SweepConfig, apply_params, trial_pretrain_config
+from sigma_ray.tune.config import SearchSpace, SweepConfig, apply_params, trial_pretrain_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "configs"
@@ -71,8 +71,18 @@ def test_shipped_sweep_configs_load():
     local = load_config(SweepConfig, CONFIGS / "sweep_local.yaml")
     assert local.base_pretrain().data.actor_num_cpus == 0.25
     cluster = load_config(SweepConfig, CONFIGS / "sweep_k400_vitb.yaml")
-    assert set(cluster.search.ranges()) == set(PARAM_FIELDS)
+    # the paper-scale sweep: SIGMA's own knobs and the lr (no queue: thousands of clips per Sinkhorn call)
+    assert set(cluster.search.ranges()) == {"num_prototypes", "temperature", "sinkhorn_iterations", "sinkhorn_eps",
+                                            "lr"}
     assert cluster.resources.gpus_per_worker == 1
+
+
+def test_mask_ratio_and_queue_length_reach_their_nested_fields():
+    cfg = sweep(search={"mask_ratio": {"low": 0.5, "high": 0.9}, "queue_length": {"low": 0, "high": 4096}})
+    data = apply_params(cfg.base_pretrain(), {"mask_ratio": 0.6, "queue_length": 2048})
+    assert data["data"]["mask"]["ratio"] == 0.6 and data["objective"]["queue_length"] == 2048
+    with pytest.raises(ConfigError, match="mask_ratio.high"):
+        sweep(search={"mask_ratio": {"low": 0.5, "high": 1.0}})
 
 
 def test_a_trial_config_carries_the_params_steps_and_resources(tmp_path):

@@ -1,22 +1,31 @@
-"""A small synthetic video classification set whose classes can only be told apart over time.
+"""Small synthetic video classification sets, written as real mp4 files with VideoMAE lists.
 
-Every video shows one textured object from a shared pool on one textured background from a shared pool. The
-class is the object's motion: left, right, up, down, clockwise, counter-clockwise, approach (grow), recede
-(shrink), then fast left / fast right. Positions wrap around the frame, angles start uniform, and sizes are
-uniform in log scale (sawtooth in time for approach/recede, with a random phase), so the distribution of any
-single frame is the same for every class: a one-frame classifier is at chance, frame differences are not.
-``camera=True`` makes the other kind of motion: a static scene (background + object, each video from a random
-start) and a camera that pans in one of 8 directions, so every token, not only the object's, sees the class.
-Written as real mp4 files (H.264 when available, else MPEG-4) with VideoMAE lists ``train.csv`` / ``val.csv``
-(``path label``, paths relative to the output directory, which is the data config's ``root``).
+Three kinds (``make_synthetic(kind=...)``):
+
+- ``scenes`` (the demo's): a camera pans over a static scene. The class is the scene's kind (appearance: round
+  discs, or angular squares and crosses) *and* the pan direction (motion: left, right, up, down), 8 classes in
+  all. Every video has its own scene (a smooth periodic background and 3-5 objects of random colour, size, place
+  and angle) and a random start, so one frame tells the scene's kind but nothing about the direction; the pan is
+  seen by every token. Scenes have edges and smooth shading and no pixel noise, so a masked tube's content is
+  predictable from its neighbours and the motion (learnable pixel targets).
+- ``object``: one textured object from a shared pool on a textured background from a shared pool; the class
+  is the object's motion (left, right, up, down, clockwise, counter-clockwise, approach, recede, fast left, fast
+  right); a single frame is at chance.
+- ``camera``: a static object scene from the shared pool under a camera panning in one of 8 directions.
+
+Files are H.264 when available (else MPEG-4); ``train.csv`` / ``val.csv`` hold ``path label`` lines with paths
+relative to the output directory (the data config's ``root``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+
+from sigma_ray.config import ConfigError, check_choice, check_range
 
 CLASSES = ("left", "right", "up", "down", "clockwise", "counterclockwise", "approach", "recede",
            "fast_left", "fast_right")
@@ -139,39 +148,165 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25) -> str:
     return codec
 
 
+SCENE_KINDS = {"round": ("disc",), "angular": ("square", "cross")}
+PAN_DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+# Class c is scene kind c % 2 and direction c // 2, so the first 4 classes already need both factors.
+SCENE_CLASSES = tuple(f"{kind}_{d}" for d in PAN_DIRECTIONS for kind in SCENE_KINDS)
+SCENE_OBJECTS = (3, 5)            # objects per scene
+SCENE_RADIUS = (0.12, 0.2)        # object radius, fraction of the frame size
+SCENE_SPEED = (1.5, 2.5)          # camera speed, pixels per frame at size 64 (scaled with the frame size)
+SCENE_CONTRAST = 60               # background base colours lie within 128 +- this
+SCENE_WAVE = 30                   # amplitude of the background's shading waves (grey levels)
+
+
+def _periodic_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Float (size, size, 3): a base colour plus one wave of one period per channel, seamless on the torus."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((size, size, 3))
+    for c, base in enumerate(rng.uniform(128 - SCENE_CONTRAST, 128 + SCENE_CONTRAST, 3)):
+        kx, ky = rng.integers(-1, 2, 2)
+        kx = 1 if kx == 0 and ky == 0 else kx
+        phase = rng.uniform(0, 2 * math.pi)
+        out[..., c] = base + SCENE_WAVE * np.cos(2 * math.pi * (kx * xx + ky * yy) + phase)
+    return out
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test in object coordinates (the object spans [-1, 1]^2)."""
+    if shape == "disc":
+        return u * u + v * v < 1
+    if shape == "square":
+        return (np.abs(u) < 0.8) & (np.abs(v) < 0.8)
+    if shape == "cross":
+        return ((np.abs(u) < 0.3) & (np.abs(v) < 1)) | ((np.abs(v) < 0.3) & (np.abs(u) < 1))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _scene(rng: np.random.Generator, size: int, shapes: tuple[str, ...]) -> np.ndarray:
+    """Float (size, size, 3): a periodic background with 3-5 objects of ``shapes``, wrapped on the torus."""
+    img = _periodic_background(rng, size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    for _ in range(int(rng.integers(SCENE_OBJECTS[0], SCENE_OBJECTS[1] + 1))):
+        shape = shapes[int(rng.integers(len(shapes)))]
+        cx, cy = rng.uniform(0, size, 2)
+        radius = rng.uniform(*SCENE_RADIUS) * size
+        angle = rng.uniform(0, 2 * math.pi)
+        dx = (xx - cx + size / 2) % size - size / 2
+        dy = (yy - cy + size / 2) % size - size / 2
+        cos, sin = math.cos(angle), math.sin(angle)
+        inside = _shape_mask(shape, (cos * dx + sin * dy) / radius, (-sin * dx + cos * dy) / radius)
+        img[inside] = rng.uniform(0, 255, 3)
+    return img
+
+
+def scene_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (frames, size, size, 3) of ``SCENE_CLASSES[cls]``: a new scene of that kind seen by a camera that
+    pans in that direction, from a random start, with sub-pixel (bilinear) steps on the torus."""
+    kind, direction = list(SCENE_KINDS)[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
+    scene = _scene(rng, size, SCENE_KINDS[kind])
+    dx, dy = PAN_DIRECTIONS[direction]
+    speed = rng.uniform(*SCENE_SPEED) * size / 64
+    ox, oy = rng.uniform(0, size, 2)
+    out = []
+    for t in range(frames):
+        x, y = ox + speed * t * dx, oy + speed * t * dy
+        ix, iy = math.floor(x), math.floor(y)
+        fx, fy = x - ix, y - iy
+        a = np.roll(scene, (-iy, -ix), axis=(0, 1))
+        right, down = np.roll(a, -1, axis=1), np.roll(a, -1, axis=0)
+        img = (1 - fx) * (1 - fy) * a + fx * (1 - fy) * right + (1 - fx) * fy * down \
+            + fx * fy * np.roll(right, -1, axis=0)
+        out.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+KINDS = ("scenes", "object", "camera")
+KIND_CLASSES = {"scenes": SCENE_CLASSES, "object": CLASSES, "camera": CAMERA_CLASSES}
+
+
 def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: int = 40, val_per_class: int = 10,
-                   frames: int = 32, size: int = 64, seed: int = 0, pool: int = 4, camera: bool = False
+                   frames: int = 32, size: int = 64, seed: int = 0, pool: int = 4, kind: str = "object"
                    ) -> dict[str, str]:
     """Write the data set under ``out_dir``; returns {"root", "train", "val", "classes"} paths.
 
-    ``frames`` is the length of each video (32 lets dense sampling take 16 frames at rate 2); ``pool`` is the
-    number of shared objects and of shared backgrounds. ``camera=True``: the classes are the camera's motion over
-    a static scene (CAMERA_CLASSES: every token sees the motion) instead of the object's (CLASSES: only the
-    object's tokens do). Deterministic in ``seed``.
+    ``kind`` is ``scenes``, ``object`` or ``camera`` (see the module's docstring); the first ``num_classes`` of its
+    classes are used. ``frames`` is the length of each video (32 lets dense sampling take 16 frames at rate 2);
+    ``pool`` is the number of shared objects and of shared backgrounds (``object`` and ``camera``; every
+    ``scenes`` video has its own scene). Deterministic in ``seed``.
     """
-    names, render = (CAMERA_CLASSES, camera_frames) if camera else (CLASSES, synth_frames)
+    if kind not in KINDS:
+        raise ValueError(f"kind = {kind!r} is not one of {', '.join(KINDS)}")
+    names = KIND_CLASSES[kind]
     if not 2 <= num_classes <= len(names):
         raise ValueError(f"num_classes = {num_classes} must be in [2, {len(names)}]")
     if size % 2 or size < 16:
         raise ValueError(f"size = {size} must be an even number >= 16")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    pool_rng = np.random.default_rng([seed, 0])
-    backgrounds = [_smooth_texture(pool_rng, size, cells=int(pool_rng.integers(4, 9))) for _ in range(pool)]
-    objects = [_object(pool_rng, 32) for _ in range(pool)]
+    if kind != "scenes":
+        pool_rng = np.random.default_rng([seed, 0])
+        backgrounds = [_smooth_texture(pool_rng, size, cells=int(pool_rng.integers(4, 9))) for _ in range(pool)]
+        objects = [_object(pool_rng, 32) for _ in range(pool)]
+        render = camera_frames if kind == "camera" else synth_frames
     paths = {"root": str(out)}
     for split_id, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class)), 1):
         lines = []
         for i in range(num_classes * per_class):
             cls = i % num_classes
             rng = np.random.default_rng([seed, split_id, i])
-            bg = backgrounds[int(rng.integers(pool))]
-            tex, shape = objects[int(rng.integers(pool))]
+            if kind == "scenes":
+                video = scene_frames(cls, frames, size, rng)
+            else:
+                bg = backgrounds[int(rng.integers(pool))]
+                tex, shape = objects[int(rng.integers(pool))]
+                video = render(cls, frames, size, rng, bg, tex, shape)
             rel = f"videos/{split}_{i:05d}.mp4"
-            write_mp4(out / rel, render(cls, frames, size, rng, bg, tex, shape))
+            write_mp4(out / rel, video)
             lines.append(f"{rel} {cls}\n")
         (out / f"{split}.csv").write_text("".join(lines))
         paths[split] = str(out / f"{split}.csv")
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in names[:num_classes]))
     paths["classes"] = str(out / "classes.txt")
     return paths
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """A synthetic set for a config's ``synthetic:`` key (``true`` takes these defaults). ``frames`` / ``size``
+    None: the data section's needs, at least 32 frames (16 at rate 2) and 64 px."""
+
+    kind: str = "scenes"
+    num_classes: int = 8
+    train_per_class: int = 40
+    val_per_class: int = 10
+    frames: int | None = None
+    size: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_choice("synthetic.kind", self.kind, KINDS)
+        check_range("synthetic.num_classes", self.num_classes, 2, len(KIND_CLASSES[self.kind]))
+        check_range("synthetic.train_per_class", self.train_per_class, 1)
+        check_range("synthetic.val_per_class", self.val_per_class, 1)
+        if self.frames is not None:
+            check_range("synthetic.frames", self.frames, 2)
+        if self.size is not None and (self.size % 2 or self.size < 16):
+            raise ConfigError(f"synthetic.size = {self.size} must be an even number >= 16")
+
+
+def ensure_synthetic(spec: SyntheticConfig | bool, data) -> None:
+    """Write the synthetic set ``spec`` (``True``: the defaults) into ``data.root`` when ``data.train_list`` does
+    not exist yet; ``data`` is a DataConfig. Raises ConfigError when the set would not land where ``data`` reads."""
+    if spec is False or (data.train_list and Path(data.train_list).is_file()):
+        return
+    spec = SyntheticConfig() if spec is True else spec
+    if not data.root or not data.train_list:
+        raise ConfigError("synthetic needs data.root (where to write the set) and data.train_list (root/train.csv)")
+    print(f"[sigma-ray] writing the synthetic data set ({spec.kind}) to {data.root}", flush=True)
+    paths = make_synthetic(data.root, num_classes=spec.num_classes, train_per_class=spec.train_per_class,
+                           val_per_class=spec.val_per_class,
+                           frames=spec.frames or max(32, data.num_frames * data.sampling_rate),
+                           size=spec.size or max(64, data.input_size), seed=spec.seed, kind=spec.kind)
+    if Path(paths["train"]) != Path(data.train_list):
+        raise ConfigError(f"synthetic wrote {paths['train']}, but data.train_list = {data.train_list}: point "
+                          "data.train_list at root/train.csv")

@@ -12,6 +12,7 @@ from typing import Literal
 
 from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.data.config import DataConfig
+from sigma_ray.data.synthetic import SyntheticConfig
 
 PROTOCOLS = ("knn", "linear", "finetune")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -123,7 +124,8 @@ class EvalConfig:
     centred view per video) and of ``query_split``: ``val`` (one centred view) or ``test`` (multi-view, averaged).
     ``class_names``: a file with one class per line (or ``index name`` lines, as UCF101's classInd.txt) for the
     confusion-matrix axes; unset, ``classes.txt`` beside the train list is used when present.
-    ``synthetic: true`` writes the synthetic set into ``data.root`` when ``data.train_list`` is missing (demo).
+    ``synthetic`` (``true`` or a SyntheticConfig mapping) writes the synthetic set into ``data.root`` when
+    ``data.train_list`` is missing (local configs).
     """
 
     encoder: str = ""
@@ -134,7 +136,7 @@ class EvalConfig:
     use_ray: bool = False             # decode with ClipPipeline's Ray Data actors (else in-process)
     feature_batch_size: int | None = None   # clips per forward pass for features (None: data.batch_size)
     class_names: str | None = None
-    synthetic: bool = False
+    synthetic: bool | SyntheticConfig = False
     seed: int = 0
     knn: KnnConfig = field(default_factory=KnnConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
@@ -151,6 +153,8 @@ class EvalConfig:
         if len(set(self.protocols)) != len(self.protocols):
             raise ConfigError(f"protocols = {list(self.protocols)} lists a protocol twice")
         check_choice("query_split", self.query_split, ("val", "test"))
+        if isinstance(self.synthetic, SyntheticConfig):
+            self.synthetic.validate()
         if not self.out_dir:
             raise ConfigError("out_dir must be a directory path")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

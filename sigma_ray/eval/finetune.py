@@ -190,7 +190,7 @@ def finetune(encoder: VideoEncoder, config: FinetuneConfig, data: DataConfig, nu
     ``len(train list) // batch`` steps, capped by ``config.steps_per_epoch``. Seeds the global torch, numpy and
     python RNGs with ``seed``. Returns ``finetune_top1`` / ``finetune_top5`` (percent, multi-view on the test
     split), ``finetune_train_loss`` (mean of the last epoch), ``steps``, ``history`` (per epoch: loss, lr,
-    seconds), ``predictions`` and ``targets`` (per video).
+    seconds), ``predictions`` and ``targets`` (per video), and ``model``: the trained VideoClassifier (eval mode).
     """
     from sigma_ray.data.annotations import load_split
 
@@ -268,4 +268,4 @@ def finetune(encoder: VideoEncoder, config: FinetuneConfig, data: DataConfig, nu
     acc = topk_accuracy(probs, targets, (1, 5))
     return {"finetune_top1": acc[1], "finetune_top5": acc[5], "finetune_train_loss": history[-1]["loss"],
             "steps": step, "history": history, "predictions": probs.argmax(dim=1).tolist(),
-            "targets": targets.tolist()}
+            "targets": targets.tolist(), "model": model.eval()}

@@ -38,3 +38,13 @@ def single_thread(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """exp(entropy) of the normalized singular values of the centred ``N x D`` features (Roy & Vetterli 2007):
+    D for isotropic features, 1 when every video maps onto one line. Low values mean a probe sees few
+    directions."""
+    x = features.double() - features.double().mean(dim=0)
+    s = torch.linalg.svdvals(x)
+    p = s / s.sum().clamp_min(1e-300)
+    return float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))

@@ -21,6 +21,7 @@ import torch
 
 from sigma_ray.config import ConfigError, from_dict, load_yaml
 from sigma_ray.data.config import DataConfig
+from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.eval.config import EvalConfig
 from sigma_ray.eval.features import features_for_split
 from sigma_ray.eval.knn import knn_eval
@@ -167,24 +168,6 @@ def plot_confusion(targets: Sequence[int], preds: Sequence[int], class_names: Se
     return path
 
 
-def ensure_synthetic(config: EvalConfig) -> None:
-    """``synthetic: true``: write the synthetic set into ``data.root`` when ``data.train_list`` is missing, with the
-    trainer's sizes (videos of max(32, frames x rate) frames at max(64, input_size) px), so a pretrain demo run and
-    its evaluation share one data set."""
-    data = config.data
-    if not config.synthetic or (data.train_list and Path(data.train_list).is_file()):
-        return
-    if not data.root or not data.train_list:
-        raise ConfigError("synthetic = true needs data.root and data.train_list (root/train.csv)")
-    from sigma_ray.data.synthetic import make_synthetic
-
-    log(f"writing the synthetic data set to {data.root}")
-    paths = make_synthetic(data.root, num_classes=data.num_classes or 8,
-                           frames=max(32, data.num_frames * data.sampling_rate), size=max(64, data.input_size))
-    if Path(paths["train"]) != Path(data.train_list):
-        raise ConfigError(f"synthetic = true wrote {paths['train']}, but data.train_list = {data.train_list}")
-
-
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Run ``config.protocols`` on the encoder ``config.encoder``; write results.json and the confusion PNGs.
 
@@ -193,7 +176,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     ``encoder`` (the file or checkpoint used) and its ``encoder_meta``.
     """
     t_start = time.perf_counter()
-    ensure_synthetic(config)
+    ensure_synthetic(config.synthetic, config.data)
     device = resolve_device(config.device)
     encoder, source = load_any_encoder(config.encoder)
     check_shapes(encoder.config, config.data)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, load_yaml, merge_overrides
 from sigma_ray.data.config import DataConfig
+from sigma_ray.data.synthetic import SyntheticConfig
 from sigma_ray.model.sigma import ObjectiveConfig
 from sigma_ray.model.vit import ModelConfig
 
@@ -59,6 +60,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     seed: int = 0
     probe_every: int | None = None        # steps between probes of the encoder (needs a probe; see pretrain)
+    torch_threads: int | None = None      # intra-op threads per worker; None keeps Ray's (its CPUs, at least 1)
     init_from: str | None = None          # model.pt to start from (not resumed runs)
 
     def validate(self) -> None:
@@ -90,6 +92,8 @@ class TrainConfig:
         check_range("seed", self.seed, 0, 2**63 - 1)
         if self.probe_every is not None:
             check_range("probe_every", self.probe_every, 1)
+        if self.torch_threads is not None:
+            check_range("torch_threads", self.torch_threads, 1, 1024)
         if self.init_from is not None and (not self.init_from or "://" in self.init_from):
             raise ConfigError(f"init_from = {self.init_from!r} must be a file path every worker can read "
                               "(a local or shared-filesystem path, not a URI)")
@@ -115,8 +119,8 @@ class PretrainConfig:
     path is taken from the working directory). Running again with the same name and storage path resumes
     from the latest checkpoint.
 
-    ``synthetic: true`` makes the launcher write the synthetic data set (sigma_ray.data.synthetic) into
-    ``data.root`` when ``data.train_list`` does not exist yet (for the local demo config).
+    ``synthetic`` (``true`` or a :class:`~sigma_ray.data.synthetic.SyntheticConfig` mapping) makes the launcher
+    write the synthetic data set into ``data.root`` when ``data.train_list`` does not exist yet (local configs).
 
     The data section must make the clips the model embeds: ``data.num_frames``, ``data.input_size``,
     ``data.tubelet`` and ``data.patch`` must equal ``model.num_frames``, ``model.img_size``,
@@ -125,7 +129,7 @@ class PretrainConfig:
 
     name: str = "sigma"
     storage_path: str = "runs"
-    synthetic: bool = False
+    synthetic: bool | SyntheticConfig = False
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,8 +146,10 @@ class PretrainConfig:
             if getattr(self.data, d) != getattr(self.model, m):
                 raise ConfigError(f"data.{d} = {getattr(self.data, d)} differs from model.{m} = "
                                   f"{getattr(self.model, m)}: the data must make the clips the model embeds")
-        if self.synthetic and not (self.data.root and self.data.train_list):
-            raise ConfigError("synthetic = true needs data.root (where to write the set) and data.train_list")
+        if isinstance(self.synthetic, SyntheticConfig):
+            self.synthetic.validate()
+        if self.synthetic is not False and not (self.data.root and self.data.train_list):
+            raise ConfigError("synthetic needs data.root (where to write the set) and data.train_list")
 
     @property
     def global_batch(self) -> int:

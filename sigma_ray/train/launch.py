@@ -29,6 +29,7 @@ import ray
 
 from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
 from sigma_ray.data.clips import SkipBoundError
+from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.ray_compat import autoscaling_enabled
 from sigma_ray.ray_session import init_ray
 from sigma_ray.train.checkpoint import load_model_state, prepare_resume, read_info
@@ -68,20 +69,6 @@ def resolve_paths(config: PretrainConfig) -> PretrainConfig:
                                val_list=absolute(config.data.val_list), root=absolute(config.data.root))
     train = dataclasses.replace(config.train, init_from=absolute(config.train.init_from))
     return dataclasses.replace(config, storage_path=absolute(config.storage_path), data=data, train=train)
-
-
-def ensure_synthetic(config: PretrainConfig) -> None:
-    """Write the synthetic set into ``data.root`` when ``synthetic`` is set and ``data.train_list`` is missing."""
-    if not config.synthetic or Path(config.data.train_list).is_file():
-        return
-    from sigma_ray.data.synthetic import make_synthetic
-
-    frames = max(32, config.data.num_frames * config.data.sampling_rate)
-    log.info("writing the synthetic data set to %s", config.data.root)
-    paths = make_synthetic(config.data.root, frames=frames, size=max(64, config.data.input_size))
-    if Path(paths["train"]) != Path(config.data.train_list):
-        raise ConfigError(f"synthetic = true wrote {paths['train']}, but data.train_list = "
-                          f"{config.data.train_list}: point data.train_list at root/train.csv")
 
 
 def _autoscaling() -> bool:
@@ -280,7 +267,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
         from sigma_ray.model.export import load_model_state as load_imported_state
 
         load_imported_state(config.train.init_from, config.model, config.objective)
-    ensure_synthetic(config)
+    ensure_synthetic(config.synthetic, config.data)
     records = load_split(config.data, "train")          # annotation errors surface here, before Ray starts
     spe, total = run_length(config, len(records))
     init_ray()

@@ -160,6 +160,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     global_batch = config.global_batch
 
+    if tc.torch_threads is not None:
+        # Ray sets OMP_NUM_THREADS to a fractional-CPU worker's share (1): a laptop's worker may use its cores
+        torch.set_num_threads(tc.torch_threads)
     seed_everything(tc.seed)  # the same initial weights everywhere (DDP broadcasts rank 0's anyway)
     model = build_model(config.model, config.objective).to(device)
     schedule = make_schedule(tc, total, global_batch)

@@ -55,34 +55,41 @@ class IntRange(FloatRange):
 
 # Where each searchable parameter goes in the PretrainConfig, and the smallest value that field accepts
 # (checked here so a bad range fails at load time, not in a trial).
-PARAM_FIELDS: dict[str, tuple[str, str]] = {
+PARAM_FIELDS: dict[str, tuple[str, ...]] = {
     "num_prototypes": ("objective", "num_prototypes"),
     "temperature": ("objective", "temperature"),
     "sinkhorn_iterations": ("objective", "sinkhorn_iterations"),
     "sinkhorn_eps": ("objective", "sinkhorn_eps"),
+    "queue_length": ("objective", "queue_length"),
     "lr": ("train", "base_lr"),
+    "mask_ratio": ("data", "mask", "ratio"),
 }
 _PARAM_MIN: dict[str, tuple[float, bool]] = {   # (bound, open)
     "num_prototypes": (2, False), "temperature": (0.0, True), "sinkhorn_iterations": (1, False),
-    "sinkhorn_eps": (0.0, True), "lr": (0.0, True),
+    "sinkhorn_eps": (0.0, True), "queue_length": (0, False), "lr": (0.0, True), "mask_ratio": (0.0, True),
 }
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     """The sampled parameters; ``null`` leaves one out (the base config's value is used). ``lr`` is the base
-    learning rate ``train.base_lr`` (scaled by global batch / 256 like every run's)."""
+    learning rate ``train.base_lr`` (scaled by global batch / 256 like every run's); ``mask_ratio`` is
+    ``data.mask.ratio`` and ``queue_length`` SIGMA's ``objective.queue_length`` (0 = no queue)."""
 
     num_prototypes: IntRange | None = IntRange(64, 4096, log=True)
     temperature: FloatRange | None = FloatRange(0.03, 0.3, log=True)
     sinkhorn_iterations: IntRange | None = IntRange(1, 10)
     sinkhorn_eps: FloatRange | None = None
+    queue_length: IntRange | None = None
     lr: FloatRange | None = None
+    mask_ratio: FloatRange | None = None
 
     def validate(self) -> None:
         for name, rng in self.ranges().items():
             bound, open_ = _PARAM_MIN[name]
             check_range(f"{name}.low", rng.low, bound, lo_open=open_)
+        if self.mask_ratio is not None:
+            check_range("mask_ratio.high", self.mask_ratio.high, 0.0, 1.0, hi_open=True)
         if not self.ranges():
             raise ConfigError("every parameter is null: the search space is empty")
 
@@ -275,6 +282,9 @@ def apply_params(base: PretrainConfig, params: dict[str, Any]) -> dict[str, Any]
     for key, value in params.items():
         if key not in PARAM_FIELDS:
             raise ConfigError(f"unknown search parameter {key!r}; known: {', '.join(PARAM_FIELDS)}")
-        section, fld = PARAM_FIELDS[key]
-        data[section][fld] = value
+        *sections, fld = PARAM_FIELDS[key]
+        node = data
+        for section in sections:
+            node = node[section]
+        node[fld] = value
     return data

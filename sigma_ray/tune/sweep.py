@@ -27,16 +27,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
+from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.eval.knn import KnnProbe
+from sigma_ray.ray_session import init_ray
 from sigma_ray.train.config import PretrainConfig
-from sigma_ray.train.launch import check_cluster, ensure_synthetic, pretrain, resolve_paths, run_length
+from sigma_ray.train.launch import check_cluster, pretrain, resolve_paths, run_length
 from sigma_ray.tune import internals
 from sigma_ray.tune.config import (COLLAPSE_METRICS, RUN_DIR_ATTR, SCORE_METRIC, TUNE_ID_ATTR, IntRange,
                                    SweepConfig, trial_pretrain_config)
@@ -208,7 +209,7 @@ def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, KnnProbe]:
 
     _check_resume(config)
     base = resolve_paths(config.base_pretrain())
-    ensure_synthetic(base)
+    ensure_synthetic(base.synthetic, base.data)
     one_trial = trial_pretrain_config(base, {}, config, name="check", storage_path=base.storage_path)
     train, val = load_split(base.data, "train"), load_split(base.data, "val")
     num_classes = config.probe.num_classes or base.data.num_classes or max(r.label for r in train + val) + 1
@@ -251,13 +252,15 @@ def run_sweep(config: SweepConfig, fit: Callable[[tune.Tuner], Any] = tune.Tuner
     driver from there). Raises ConfigError before Ray starts for a config that cannot run.
     """
     config.validate()
+    if not is_uri(config.storage_path):
+        # trials run in Tune's per-trial working directories: a relative path would land each trial's run there
+        config = dataclasses.replace(config, storage_path=str(Path(config.storage_path).expanduser().resolve()))
     base, total_steps, probe = prepare(config)
     sweep_dir = config.sweep_dir
     if not is_uri(sweep_dir) and not (Path(sweep_dir) / SWEEP_FILE).is_file():
         save_yaml(config, Path(sweep_dir) / SWEEP_FILE)
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=True)   # Train V2 frees finished trials' placement groups through it
+    init_ray(include_dashboard=True)       # Train V2 frees finished trials' placement groups through it
     one_trial = trial_pretrain_config(base, {}, config, name="check", storage_path=base.storage_path)
     check_cluster(one_trial)               # a trial that cannot be placed fails here, before any trial starts
 
