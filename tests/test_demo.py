@@ -10,7 +10,7 @@ import torch
 
 from sigma_ray.config import ConfigError
 from sigma_ray.demo import (METHODS, DemoConfig, PixelSettings, SigmaSettings, format_table, pretrain_config,
-                            quick_config, run_demo, summarize, verdict)
+                            quick_config, run_demo, step_seconds, summarize, verdict)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +51,11 @@ def test_table_lists_every_method_with_mean_and_std_and_chance():
     assert "50.0 +- 1.0" in table and "| 100 |" in table
 
 
+def test_step_seconds_weights_each_rows_mean_step_time_by_its_steps():
+    rows = [{"step": 10, "step_time_s": 0.5}, {"step": 20, "step_time_s": 1.0}, {"step": 25, "step_time_s": 2.0}]
+    assert step_seconds(rows) == pytest.approx(10 * 0.5 + 10 * 1.0 + 5 * 2.0)
+
+
 def test_verdict_says_whether_the_ordering_holds():
     assert verdict(_summary(50.0, 40.0, 30.0)).startswith("The ordering SIGMA-MLP > VideoMAE > random init holds")
     no = verdict(_summary(50.0, 20.0, 30.0))
@@ -89,6 +94,11 @@ def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
                       .read_text().splitlines()]
         assert [r["step"] for r in sigma_rows if "knn_top1" in r] == [4, 8]
         assert all(1 <= r["codes_per_clip_proj"] <= 16 for r in sigma_rows)   # at most K = 16 codes
+    # a run's training time is its steps' time, from its metrics (so a reused run keeps its own)
+    from sigma_ray.demo import read_metrics
+    assert out["seconds"]["videomae"] == pytest.approx(
+        [step_seconds(read_metrics(tmp_path / run_name("videomae", s))) for s in (0, 1)])
+    assert all(t > 0 for t in out["seconds"]["sigma_mlp"])
     # the table's means are the seeds' means, every run is in the report with the plots
     s = out["summary"]["sigma_mlp"]["linear_top1"]
     assert s[0] == pytest.approx(np.mean([out["per_seed"][k]["sigma_mlp"]["linear_top1"] for k in (0, 1)]))

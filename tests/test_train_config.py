@@ -173,3 +173,14 @@ def test_placement_error_before_any_worker_starts(ray_session, tiny_synthetic, t
     actors = load_pretrain_config(TINY, ["data.actor_resources={decode_node: 0.01}"])
     assert any("decode_node" in p for p in placement_problems(actors))
     assert placement_problems(load_pretrain_config(TINY)) == []
+
+
+def test_the_core_imports_no_ray():
+    """The method core runs in a notebook, a unit test or on a machine without Ray (README's layer table)."""
+    core = ["sigma_ray.model.sigma", "sigma_ray.model.release", "sigma_ray.masking", "sigma_ray.sinkhorn",
+            "sigma_ray.losses", "sigma_ray.step", "sigma_ray.schedule", "sigma_ray.queue", "sigma_ray.weights",
+            "sigma_ray.train.checkpoint", "sigma_ray.data.synthetic"]
+    code = f"import importlib, sys; [importlib.import_module(m) for m in {core!r}]; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

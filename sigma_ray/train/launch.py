@@ -278,6 +278,9 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
     os.environ.setdefault(RAY_TRAIN_ENABLE_STATE_TRACKING, "1")
 
     run_dir = run_dir_of(config)
+    # the run's name near the top of the driver's log (a Ray job's log in the dashboard)
+    print(f"[sigma-ray] run {config.name}: {total} steps on {config.train.num_workers} worker(s); run directory "
+          f"{run_dir}", flush=True)
     with (contextlib.nullcontext() if is_uri(run_dir) else RunLock(run_dir)):
         open_run_dir(config, run_dir)
         for name in (NONFINITE_FILE, DATA_ERROR_FILE):   # left by an earlier attempt of this run
