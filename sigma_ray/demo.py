@@ -592,7 +592,8 @@ def write_report(path: Path, demo: DemoConfig, table: str, seed_rows: str, line:
         "", "Accuracy on the val split in percent (kNN: bank from the train split, T = 0.07; linear: BatchNorm + "
         f"linear head, {demo.linear_epochs} epochs of SGD on frozen mean-pooled features); effective rank of the "
         "pooled train features; training seconds per seed (pretraining: the optimizer steps' wall time, without "
-        "Ray's start, probes and checkpoints; supervised: the whole fine-tuning):", "", table, "", line, "", diagnostics, "", "Every run:", "", seed_rows, "",
+        "Ray's start, probes and checkpoints; supervised: the whole fine-tuning):", "", table, "", line, "",
+        diagnostics, "", "Every run:", "", seed_rows, "",
         f"Total time {total_s / 60:.1f} min.", ""]
     for title, file in plots.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]

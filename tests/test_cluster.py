@@ -407,8 +407,10 @@ def test_fake_multinode_autoscaler_places_the_pretraining_job(tmp_path):
             except OSError:
                 time.sleep(0.5)
         assert head.poll() is None, f"ray start --head failed:\n{(tmp_path / 'head.log').read_text()[-3000:]}"
-        out = subprocess.run([sys.executable, "-c", _DRIVER, address, json.dumps(request), "60"], env=env,
-                             capture_output=True, text=True, timeout=170)
+        # each placement group may wait 180 s: a fake node is a real raylet, and on a loaded 2-core machine the
+        # autoscaler took over 60 s to start them (the wait ends as soon as the group is placed)
+        out = subprocess.run([sys.executable, "-c", _DRIVER, address, json.dumps(request), "180"], env=env,
+                             capture_output=True, text=True, timeout=420)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         assert lines, f"driver failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}\n" \
                       f"{(tmp_path / 'head.log').read_text()[-3000:]}"
