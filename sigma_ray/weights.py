@@ -18,9 +18,12 @@ class CheckpointError(ValueError):
     """A checkpoint or weights file is missing, damaged, of the wrong kind, or holds more than weights."""
 
 
-def load_weights(path: str | Path, expected: str, map_location: str | torch.device = "cpu") -> Any:
+def load_weights(path: str | Path, expected: str, map_location: str | torch.device = "cpu", *,
+                 allow: tuple[type, ...] = (), mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``; ``expected`` says what the file should be (for the message).
 
+    ``allow``: plain data classes (no code runs when they are rebuilt) a file may pickle beside torch's own, e.g.
+    the ``argparse.Namespace`` the VideoMAE code base saves. ``mmap``: map the tensors instead of reading them.
     Raises CheckpointError naming the file: missing, not a torch file (random bytes, text), or a pickle that
     needs more than tensors and plain values (refused, never executed).
     """
@@ -28,7 +31,8 @@ def load_weights(path: str | Path, expected: str, map_location: str | torch.devi
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file (expected {expected})")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # torch's own message suggests loading it without weights_only, which would run what the file pickles
         found = re.search(r"GLOBAL ([\w.]+)", str(e))

@@ -304,6 +304,11 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(ReleaseFormatError, match="weights only"):
         read_state_file(tmp_path / "evil.pth")
     assert not marker.exists()
+    # the same refusal for a model state given to pretraining (train.init_from), named by its field
+    torch.save({"format": "sigma-ray", "state": _RunsCode(str(marker))}, tmp_path / "model.pt")
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*model\.pt: refused to load"):
+        load_model_state(tmp_path / "model.pt", TINY, ObjectiveConfig())
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

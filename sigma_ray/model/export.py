@@ -95,7 +95,10 @@ def load_model_state(path: str | Path, model_config: ModelConfig, objective: Any
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{field} = {str(path)!r} is not a file")
-    blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        blob = load_weights(path, "a sigma-ray model state", mmap=True)
+    except CheckpointError as e:
+        raise ConfigError(f"{field}: {e}") from None
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise ConfigError(f"{field} = {str(path)!r} is not a sigma-ray model state ({MODEL_FORMAT}; "
                           "`sigma-ray import` writes one)")

@@ -40,6 +40,7 @@ from sigma_ray.model.export import ENCODER_PREFIX, save_encoder, save_model_stat
 from sigma_ray.model.projection import PixelTubeMLP, Prototypes
 from sigma_ray.model.sigma import ObjectiveConfig
 from sigma_ray.model.vit import VIT_SIZES, ModelConfig, VideoEncoder, VideoMAE
+from sigma_ray.weights import CheckpointError, load_weights
 
 Format = Literal["release", "transformers"]
 HF_CONFIG = "config.json"
@@ -174,16 +175,13 @@ def invert_rules(rules: list[Rule], state: dict[str, torch.Tensor]) -> dict[str,
 
 
 def _torch_load(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True``. The VideoMAE code base also pickles its ``argparse.Namespace``
+    """:func:`sigma_ray.weights.load_weights`; the VideoMAE code base also pickles its ``argparse.Namespace``
     (``args``): that class (a plain attribute bag, no code runs) is the one global allowed beyond torch's."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError or RuntimeError; both mean the same here
-        raise ReleaseFormatError(
-            f"{path} could not be read as weights only ({type(e).__name__}: {str(e).splitlines()[0]}). sigma-ray never "
-            "unpickles code; if the file is yours and trusted, save its state dict alone (torch.save(state_dict, "
-            "...)) and import that") from None
+        return load_weights(path, "a checkpoint's weights", allow=(argparse.Namespace,))
+    except CheckpointError as e:
+        raise ReleaseFormatError(f"{e}. sigma-ray reads weights only; if the file is yours and trusted, save its "
+                                 "state dict alone (torch.save(state_dict, ...)) and import that") from None
 
 
 def read_state_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
