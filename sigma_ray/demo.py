@@ -31,6 +31,7 @@ import torch
 
 from sigma_ray.config import ConfigError, check_choice, check_range, from_dict
 from sigma_ray.data.config import DataConfig
+from sigma_ray.data.synthetic import SyntheticConfig, ensure_synthetic
 from sigma_ray.eval.features import eval_batches, extract_features
 from sigma_ray.eval.knn import KnnProbe, knn_eval
 from sigma_ray.eval.linear import linear_probe
@@ -137,6 +138,13 @@ class DemoConfig:
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seed, self.seed + self.seeds))
+
+    @property
+    def synthetic(self) -> SyntheticConfig:
+        """The demo's data set (written under ``out_dir/synthetic`` on first use)."""
+        return SyntheticConfig(kind=self.data_kind, num_classes=self.num_classes,
+                               train_per_class=self.train_per_class, val_per_class=self.val_per_class,
+                               frames=self.video_frames, size=self.size, seed=self.data_seed)
 
 
 def quick_config(out_dir: str = "runs/demo_quick") -> DemoConfig:
@@ -459,20 +467,6 @@ def plot_strip(model, data: DataConfig, out: Path, seed: int) -> str:
     return "strip.png"
 
 
-def write_data(demo: DemoConfig, root: Path) -> None:
-    """The demo's synthetic set (``demo.data_kind``, seed ``demo.data_seed``) under ``root``, unless it is there."""
-    from sigma_ray.data.synthetic import make_synthetic
-
-    if (root / "train.csv").is_file():
-        return
-    print(f"[demo] writing the synthetic '{demo.data_kind}' set ({demo.num_classes} classes, "
-          f"{demo.num_classes * demo.train_per_class} train / {demo.num_classes * demo.val_per_class} val videos) "
-          f"to {root}", flush=True)
-    make_synthetic(root, num_classes=demo.num_classes, train_per_class=demo.train_per_class,
-                   val_per_class=demo.val_per_class, frames=demo.video_frames, size=demo.size, seed=demo.data_seed,
-                   pool=512, kind=demo.data_kind)
-
-
 def _probe(demo: DemoConfig, data: DataConfig, out: Path) -> KnnProbe:
     """The in-training kNN probe on the first ``probe_per_class`` train and val videos of each class."""
     from sigma_ray.data.annotations import load_split
@@ -495,10 +489,10 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     demo.pixels.validate()
     t_start = time.perf_counter()
     out = Path(demo.out_dir).resolve()
-    write_data(demo, out / "synthetic")
+    data = pretrain_config(demo, "sigma_mlp").data
+    ensure_synthetic(demo.synthetic, data)
     # The dashboard: to watch the runs, and Ray Train V2's placement-group cleaner queries its state API.
     init_ray(include_dashboard=True)
-    data = pretrain_config(demo, "sigma_mlp").data
     probe = _probe(demo, data, out)
 
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
