@@ -48,13 +48,13 @@ def _demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sigma_ray.config import ConfigError
-    from sigma_ray.demo import DemoConfig, quick_config, run_demo
+    from sigma_ray.demo import DemoConfig, quick_config, run_demo, with_overrides
 
     base = quick_config() if args.quick else DemoConfig()
     changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps), ("seeds", args.seeds))
                if v is not None}
     try:
-        run_demo(dataclasses.replace(base, **changes))
+        run_demo(with_overrides(dataclasses.replace(base, **changes), args.set))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="seeds to run, each with its own initial weights, data "
                    "order and masks; the table shows mean +- std (default 1)")
     p.add_argument("--quick", action="store_true", help="the smallest end-to-end run (about a minute)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any sigma_ray.demo.DemoConfig field, e.g. sigma.queue_length=0, "
+                   "pixels.normalize_target=false, supervised=false (repeatable)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("step-demo", help="one training step of the tiny model on a random clip (no Ray)")

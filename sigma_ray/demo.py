@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sigma_ray.config import ConfigError, check_choice, check_range, from_dict
+from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, merge_overrides
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.synthetic import SyntheticConfig, ensure_synthetic
 from sigma_ray.eval.features import eval_batches, extract_features
@@ -74,6 +74,7 @@ class PixelSettings:
 
     lr: float = 0.0327
     mask_ratio: float = 0.718
+    normalize_target: bool = True         # False: raw [0, 1] pixel targets (objective.normalize_target)
 
     def validate(self) -> None:
         check_range("lr", self.lr, 0.0, lo_open=True)
@@ -154,6 +155,12 @@ def quick_config(out_dir: str = "runs/demo_quick") -> DemoConfig:
                       sigma=SigmaSettings(num_prototypes=16, projection_hidden=(64,), queue_length=64))
 
 
+def with_overrides(demo: DemoConfig, overrides: list[str]) -> DemoConfig:
+    """``demo`` with ``field=value`` / ``section.field=value`` overrides (``sigma.queue_length=0``,
+    ``pixels.normalize_target=false``), checked like a config file: an unknown key or a bad value names it."""
+    return from_dict(DemoConfig, merge_overrides(dataclasses.asdict(demo), overrides))
+
+
 def run_name(kind: str, seed: int) -> str:
     return f"{kind}_seed{seed}"
 
@@ -174,7 +181,7 @@ def pretrain_config(demo: DemoConfig, kind: str, seed: int | None = None) -> Pre
                      "projection_hidden": list(s.projection_hidden)}
     else:
         lr, ratio = demo.pixels.lr, demo.pixels.mask_ratio
-        objective = {"kind": kind}
+        objective = {"kind": kind, "normalize_target": demo.pixels.normalize_target}
     return from_dict(PretrainConfig, {
         "name": run_name(kind, seed), "storage_path": str(Path(demo.out_dir).resolve()),
         "model": {"size": demo.model_size, "num_frames": demo.num_frames, "img_size": demo.size,
@@ -256,25 +263,27 @@ def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Modul
     return model.encoder.eval(), result
 
 
-def trivial_pixel_loss(data: DataConfig, mask_ratio: float, batches: int = 8, seed: int = 0) -> float:
-    """The pixel baseline's loss when it predicts 0 for every masked tube (the mean of the standardized targets):
-    the value its loss must fall below to have learned anything. On train clips with the demo's masks."""
+def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bool = True, batches: int = 8,
+                       seed: int = 0) -> float:
+    """The pixel baseline's loss when it predicts one constant for every masked tube, the targets' mean: 0 for
+    standardized targets, each channel's mean pixel for raw ones. The value its loss must fall below to have
+    learned anything. On train clips with the demo's masks."""
     from sigma_ray.data.iterator import ClipIterator
-    from sigma_ray.model.projection import normalize_tubes, tube_pixels
+    from sigma_ray.model.projection import normalize_tubes, raw_tubes, tube_pixels
     from sigma_ray.model.vit import gather_tokens, split_indices
     from sigma_ray.step import normalize_clips
 
     config = dataclasses.replace(data, mask=dataclasses.replace(data.mask, ratio=mask_ratio), seed=seed)
-    sums, count = 0.0, 0
+    targets = []
     for i, batch in enumerate(ClipIterator(config, "train", as_torch=True)):
         if i == batches:
             break
         _, masked = split_indices(batch["masks"])
-        target = normalize_tubes(gather_tokens(tube_pixels(normalize_clips(batch["clips"]), data.tubelet,
-                                                            data.patch), masked))
-        sums += float(target.pow(2).sum())
-        count += target.numel()
-    return sums / count
+        tubes = gather_tokens(tube_pixels(normalize_clips(batch["clips"]), data.tubelet, data.patch), masked)
+        targets.append((normalize_tubes(tubes) if normalize_target else raw_tubes(tubes)).unflatten(-1, (-1, 3)))
+    target = torch.cat(targets).double()
+    mean = 0.0 if normalize_target else target.mean(dim=(0, 1, 2))
+    return float((target - mean).pow(2).mean())
 
 
 def load_model(run_dir: str | Path, config: PretrainConfig):
@@ -384,7 +393,7 @@ def plot_curves(runs: dict[str, dict[int, list[dict]]], out: Path, trivial_loss:
     axes[0].set(title=METHODS["sigma_mlp"], xlabel="step", ylabel="loss")
     _plot_runs(axes[1], runs["videomae"], "loss", "loss (MSE)", "C2")
     if trivial_loss is not None:
-        axes[1].axhline(trivial_loss, ls="--", color="k", lw=1, label=f"predict 0: {trivial_loss:.3f}")
+        axes[1].axhline(trivial_loss, ls="--", color="k", lw=1, label=f"predict the mean: {trivial_loss:.3f}")
     axes[1].set(title=METHODS["videomae"], xlabel="step", ylabel="loss")
     for ax in axes:
         ax.legend(fontsize=7)
@@ -528,7 +537,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
         per_seed[seed] = evaluate_encoders(encoders, data, demo.num_classes, demo.linear_epochs, seed)
 
     summary = summarize(per_seed)
-    trivial = trivial_pixel_loss(data, demo.pixels.mask_ratio)
+    trivial = trivial_pixel_loss(data, demo.pixels.mask_ratio, demo.pixels.normalize_target)
     plots = plot_curves(runs, out, trivial)
     plots["frames, mask and prototype assignments"] = plot_strip(sigma_model, data, out, demo.seed)
     chance = 100.0 / demo.num_classes
@@ -556,8 +565,8 @@ def _diagnostics(final: dict[str, dict[int, dict]], trivial: float, supervised_h
     def mean(kind: str, key: str) -> float:
         return float(np.mean([row[key] for row in final[kind].values()]))
 
-    lines = [f"- VideoMAE's pixel loss at the end: {mean('videomae', 'loss'):.3f} (predicting 0 for every masked "
-             f"tube: {trivial:.3f}; {100 * (1 - mean('videomae', 'loss') / trivial):.1f}% below it)",
+    lines = [f"- VideoMAE's pixel loss at the end: {mean('videomae', 'loss'):.3f} (predicting the targets' mean "
+             f"for every masked tube: {trivial:.3f}; {100 * (1 - mean('videomae', 'loss') / trivial):.1f}% below it)",
              f"- SIGMA-MLP's codes at the end: prototype-usage perplexity {mean('sigma_mlp', 'perplexity_proj'):.1f} "
              f"(projection) / {mean('sigma_mlp', 'perplexity_video'):.1f} (video model) of K = {num_prototypes}; distinct "
              f"codes per clip {mean('sigma_mlp', 'codes_per_clip_proj'):.1f} / "

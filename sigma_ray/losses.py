@@ -68,7 +68,8 @@ class SwappedPredictionLoss(nn.Module):
 
 
 class PixelMSELoss(nn.Module):
-    """VideoMAE: mean squared error between predictions and per-tube-normalized pixels, over masked tubes."""
+    """VideoMAE: mean squared error between predictions and the masked tubes' pixel targets (per-tube
+    normalized, or raw; :class:`~sigma_ray.model.sigma.ObjectiveConfig`)."""
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         loss = F.mse_loss(pred.float(), target.float())

@@ -10,7 +10,7 @@ import torch
 
 from sigma_ray.config import ConfigError
 from sigma_ray.demo import (METHODS, DemoConfig, PixelSettings, SigmaSettings, format_table, pretrain_config,
-                            quick_config, run_demo, step_seconds, summarize, verdict)
+                            quick_config, run_demo, step_seconds, summarize, verdict, with_overrides)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,6 +67,22 @@ def test_bad_demo_config_names_the_field(tmp_path):
         run_demo(DemoConfig(out_dir=str(tmp_path), pixels=PixelSettings(mask_ratio=1.0)))
     with pytest.raises(ConfigError, match="seeds"):
         run_demo(DemoConfig(out_dir=str(tmp_path), seeds=0))
+
+
+def test_demo_overrides_reach_nested_settings_and_bad_keys_are_named(tmp_path, capsys):
+    from sigma_ray.cli import main
+
+    demo = with_overrides(DemoConfig(), ["sigma.queue_length=0", "pixels.normalize_target=false", "steps=1200",
+                                         "supervised=false"])
+    assert (demo.sigma.queue_length, demo.pixels.normalize_target, demo.steps, demo.supervised) == (0, False, 1200,
+                                                                                                   False)
+    assert demo.sigma.projection_hidden == DemoConfig().sigma.projection_hidden
+    assert pretrain_config(demo, "videomae").objective.normalize_target is False
+    with pytest.raises(ConfigError, match="queue_lenght"):
+        with_overrides(DemoConfig(), ["sigma.queue_lenght=0"])
+    # the command refuses it before writing anything
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", "pixels.mask_ratio=1.5"]) == 2
+    assert "mask_ratio" in capsys.readouterr().err and not (tmp_path / "demo").exists()
 
 
 @pytest.mark.slow

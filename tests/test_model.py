@@ -147,6 +147,30 @@ def test_targets_match_the_release_float64_reference_on_one_grey_level_textures(
     assert (wrong.double() - ref).abs().max() > 10 * (ours.double() - ref).abs().max()
 
 
+def test_raw_pixel_targets_are_the_masked_tubes_in_0_1_pixels():
+    """normalize_target = False (VideoMAE's un-normalized target): the loss is the MSE between the predictions and
+    the masked tubes' [0, 1] pixels, checked against a float64 reference from the uint8 clips."""
+    torch.manual_seed(0)
+    model = SigmaModel(TINY, ObjectiveConfig(kind="videomae", normalize_target=False)).eval()
+    batch = make_batch(TINY, 2)
+    clips = normalize_clips(batch["clips"])
+    visible, masked = split_indices(batch["masks"])
+    with torch.no_grad():
+        loss = model(clips, batch["masks"])["loss"]
+        pred = model.video(clips, visible, masked)
+    pixels = batch["clips"].double().permute(0, 4, 1, 2, 3) / 255
+    ref = gather_tokens(tube_pixels(pixels, TINY.tubelet, TINY.patch), masked)
+    assert abs(loss.item() - (pred.double() - ref).pow(2).mean().item()) < 1e-5
+    model.objective = ObjectiveConfig(kind="videomae")   # the default target on the same predictions differs
+    with torch.no_grad():
+        assert abs(model(clips, batch["masks"])["loss"].item() - loss.item()) > 0.1
+
+
+def test_raw_targets_are_refused_for_sigma():
+    with pytest.raises(ConfigError, match="normalize_target"):
+        from_dict(ObjectiveConfig, {"kind": "sigma_mlp", "normalize_target": False})
+
+
 def _grads(module):
     return [p.grad for p in module.parameters() if p.requires_grad]
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from sigma_ray.config import ConfigError
 from sigma_ray.model.vit import gather_tokens
-from sigma_ray.step import IMAGENET_STD
+from sigma_ray.step import IMAGENET_MEAN, IMAGENET_STD
 
 
 def tube_pixels(clips: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
@@ -38,6 +38,17 @@ def normalize_tubes(tubes: torch.Tensor, channels: int = 3, eps: float = 1e-6,
     eps_c = eps if pixel_std is None else eps / torch.tensor(pixel_std, device=x.device, dtype=torch.float32)
     x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + eps_c)
     return x.flatten(-2)
+
+
+def raw_tubes(tubes: torch.Tensor, channels: int = 3) -> torch.Tensor:
+    """Tubes of an ImageNet-normalized clip back in [0, 1] pixels (VideoMAE's un-normalized target), float32.
+
+    ``tubes`` is ``... x (pixels*channels)`` with channels last, as :func:`tube_pixels` gives; same shape out.
+    """
+    x = tubes.float().unflatten(-1, (-1, channels))
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=torch.float32)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=torch.float32)
+    return (x * std + mean).flatten(-2)
 
 
 class PixelTubeMLP(nn.Module):

@@ -9,7 +9,8 @@ from torch import nn
 
 from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.losses import PixelMSELoss, SwappedPredictionLoss
-from sigma_ray.model.projection import PixelTubeMLP, Prototypes, TeacherProjection, normalize_tubes, tube_pixels
+from sigma_ray.model.projection import PixelTubeMLP, Prototypes, TeacherProjection, normalize_tubes, raw_tubes, \
+    tube_pixels
 from sigma_ray.model.vit import ModelConfig, VideoMAE, gather_tokens, split_indices
 from sigma_ray.queue import FeatureQueue
 from sigma_ray.sinkhorn import codes_per_clip
@@ -20,7 +21,9 @@ ObjectiveKind = Literal["sigma_mlp", "sigma_dino", "videomae"]
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """What the decoder predicts. ``sigma_mlp`` / ``sigma_dino``: prototype codes of the pixel-tube MLP's or a
-    frozen image teacher's features (SIGMA); ``videomae``: normalized pixels (the baseline).
+    frozen image teacher's features (SIGMA); ``videomae``: pixels (the baseline), each tube's channels standardized
+    (``normalize_target``, VideoMAE's default) or, with ``normalize_target: false``, raw [0, 1] pixels (VideoMAE's
+    other setting; for SIGMA-MLP the projection always reads standardized tubes, so the switch is refused there).
 
     Levers for small batches, all off by default (the paper's runs need none): ``queue_length`` keeps that many
     of the last batches' features per side and worker in each Sinkhorn call (SwAV's queue, see
@@ -44,6 +47,7 @@ class ObjectiveConfig:
     queue_length: int = 0
     queue_start: int = 0
     freeze_prototypes: int = 0
+    normalize_target: bool = True
 
     def validate(self) -> None:
         check_choice("kind", self.kind, ("sigma_mlp", "sigma_dino", "videomae"))
@@ -57,6 +61,9 @@ class ObjectiveConfig:
         check_range("queue_length", self.queue_length, 0)
         check_range("queue_start", self.queue_start, 0)
         check_range("freeze_prototypes", self.freeze_prototypes, 0)
+        if not self.normalize_target and self.kind != "videomae":
+            raise ConfigError(f"normalize_target = False applies to kind = 'videomae' only, not {self.kind!r} "
+                              "(SIGMA-MLP's projection reads standardized tubes)")
         if self.kind == "sigma_dino" and not self.teacher_checkpoint:
             raise ConfigError("teacher_checkpoint must name a local weights file when kind = 'sigma_dino'")
 
@@ -107,9 +114,8 @@ class SigmaModel(nn.Module):
         visible_idx, masked_idx = split_indices(mask, num_masked)
         pred = self.video(clips, visible_idx, masked_idx)  # B x Nm x D
         if self.prototypes is None:
-            target = normalize_tubes(gather_tokens(tube_pixels(clips, self.config.tubelet, self.config.patch),
-                                                   masked_idx))
-            return self.loss(pred, target)
+            tubes = gather_tokens(tube_pixels(clips, self.config.tubelet, self.config.patch), masked_idx)
+            return self.loss(pred, normalize_tubes(tubes) if self.objective.normalize_target else raw_tubes(tubes))
         self.prototypes.normalize_()
         target = self.projection(clips, masked_idx)
         levers = bool(self.queues) or self.objective.freeze_prototypes > 0
