@@ -206,7 +206,7 @@ def test_teacher_is_loaded_from_file_frozen_and_gets_no_gradient(teacher_checkpo
     objective = ObjectiveConfig(kind="sigma_dino", num_prototypes=32, teacher_model="vit_tiny_patch16_224",
                                 teacher_checkpoint=str(teacher_checkpoint))
     model = SigmaModel(TINY, objective).train()
-    saved = torch.load(teacher_checkpoint)
+    saved = torch.load(teacher_checkpoint, weights_only=True)
     assert torch.equal(model.projection.teacher.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
     assert not model.projection.teacher.training
     batch = make_batch(TINY, 2)

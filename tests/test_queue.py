@@ -121,11 +121,11 @@ def test_two_processes_with_their_own_queues_equal_one_sinkhorn_over_every_queue
     protos = unit_rows(16, 8, 0)
     rows = [unit_rows(30, 8, 10), unit_rows(12, 8, 20), unit_rows(40, 8, 11), unit_rows(16, 8, 21)]
     ref = sinkhorn(torch.cat(rows) @ protos.t(), 0.05, 5)
-    assert torch.allclose(torch.load(tmp_path / "codes0.pt"), ref[30:42], atol=1e-5)
-    assert torch.allclose(torch.load(tmp_path / "codes1.pt"), ref[82:98], atol=1e-5)
+    assert torch.allclose(torch.load(tmp_path / "codes0.pt", weights_only=True), ref[30:42], atol=1e-5)
+    assert torch.allclose(torch.load(tmp_path / "codes1.pt", weights_only=True), ref[82:98], atol=1e-5)
     # a worker's codes differ from a Sinkhorn over its own queue and batch alone
     alone = sinkhorn(torch.cat(rows[:2]) @ protos.t(), 0.05, 5)[30:]
-    assert not torch.allclose(torch.load(tmp_path / "codes0.pt"), alone, atol=1e-3)
+    assert not torch.allclose(torch.load(tmp_path / "codes0.pt", weights_only=True), alone, atol=1e-3)
 
 
 def test_frozen_prototypes_stay_put_with_zero_gradients_then_learn():

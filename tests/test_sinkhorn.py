@@ -111,7 +111,7 @@ def test_two_process_gloo_group_equals_single_process_on_concatenated_batch(tmp_
     shards = list(scores.split(list(sizes)))
     mp.start_processes(_gathered_worker, args=(2, _free_port(), shards, eps, 10, str(tmp_path)), nprocs=2,
                        join=True, start_method="spawn")
-    gathered = torch.cat([torch.load(tmp_path / f"codes{r}.pt") for r in range(2)])
+    gathered = torch.cat([torch.load(tmp_path / f"codes{r}.pt", weights_only=True) for r in range(2)])
     single = sinkhorn(scores, eps, 10)
     # Equal up to float32 summation order over tokens (measured <= 2e-6), with identical hard codes.
     assert torch.allclose(gathered, single, atol=1e-5, rtol=0)

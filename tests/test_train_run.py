@@ -97,7 +97,7 @@ def test_two_workers_get_the_codes_of_one_process_on_the_whole_batch(ray_session
 
     model = seeded_model(cfg)
     single, scores = soft_codes(model, clips, mask)
-    parts = [torch.load(tmp_path / f"codes_rank{r}.pt") for r in range(2)]
+    parts = [torch.load(tmp_path / f"codes_rank{r}.pt", weights_only=True) for r in range(2)]
     for side in ("video", "proj"):
         gathered = torch.cat([p[side] for p in parts])
         assert gathered.shape == single[side].shape
