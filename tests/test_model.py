@@ -256,6 +256,19 @@ def test_paper_sizes_at_16x224(size, encoder_params):
 VIT_WIDTH = {"small": 384, "base": 768}
 
 
+@pytest.mark.parametrize("size,width,depth", [("tiny", 192, 6), ("micro", 128, 4)])
+def test_cpu_sizes_match_their_closed_form_parameter_count(size, width, depth):
+    # A timm block holds 12 d^2 + 13 d parameters (qkv, proj, fc1, fc2 with biases, two LayerNorms); the tubelet
+    # embedding 3 * 2 * 8 * 8 * d + d; the final LayerNorm 2 d.
+    config = ModelConfig(size=size, num_frames=8, img_size=32, patch=8)
+    encoder = VideoEncoder(config)
+    d = width
+    assert count_parameters(encoder) == 3 * 2 * 8 * 8 * d + d + depth * (12 * d * d + 13 * d) + 2 * d
+    with torch.no_grad():
+        feats = encoder.forward_features(normalize_clips(make_batch(config, 2)["clips"]))
+    assert feats.shape == (2, 4 * 4 * 4, width)
+
+
 @pytest.mark.parametrize("bad,field", [({"size": "huge"}, "size"), ({"num_frames": 15}, "frames"),
                                        ({"img_size": 100}, "height"), ({"drop_path": 1.5}, "drop_path"),
                                        ({"num_frames": "16"}, "num_frames"), ({"depth": 3}, "depth")])
