@@ -200,6 +200,25 @@ def test_a_stopped_run_continues_and_a_damaged_checkpoint_is_set_aside(ray_sessi
     assert logged_steps(run_dir) == [2, 4, 6, 8, 10, 12, 14, 16, 18]
 
 
+def test_the_trainer_reports_to_ray_only_its_checkpoints(ray_session, tiny_synthetic, tmp_path):
+    """A Train V2 report waits until the controller has taken the previous one (it polls every 2 s), so reports
+    at every log step would cap the step rate: every step is logged to metrics.jsonl, only checkpoints (and, in a
+    sweep, probe scores: tests/test_tune_sweep.py) go to Ray."""
+    import ray.cloudpickle
+
+    import train_hooks
+    from sigma_ray.train.launch import pretrain
+
+    ray.cloudpickle.register_pickle_by_value(train_hooks)
+    cfg = tiny_run(tiny_synthetic, tmp_path, "reports", "objective.kind=videomae", "train.num_workers=1",
+                   "train.epochs=1", "train.log_every=1", "train.checkpoint_every=4")
+    log = tmp_path / "reports.jsonl"
+    pretrain(cfg, callbacks=[train_hooks.ReportLog(str(log))])
+    reports = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["step"], r["checkpoint"]) for r in reports] == [(4, True), (8, True), (12, True)]
+    assert logged_steps(tmp_path / "reports") == list(range(1, 13))
+
+
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(ray_session, tiny_synthetic, tmp_path):
     """An absurd learning rate overflows the pixel baseline's weights after one step."""
     from sigma_ray.train.launch import NonFiniteLossError, pretrain

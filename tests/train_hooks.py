@@ -1,4 +1,5 @@
-"""Test seams for the trainer, passed as ``pretrain(..., wrap_batches=...)`` (never used by real runs).
+"""Test seams for the trainer, passed as ``pretrain(..., wrap_batches=...)`` or as a Ray Train callback (never
+used by real runs).
 
 Ray workers cannot import the tests, so a test registers this module for pickling by value
 (``ray.cloudpickle.register_pickle_by_value``) before it hands a hook to ``pretrain``.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import ray.train
 
 FAIL_MARKER = "fail_hook.json"
 
@@ -34,3 +37,16 @@ class FailAtStep:
                                               "registered": registered_checkpoints(ctx["run_dir"])}))
                 raise RuntimeError(f"test hook: worker {ctx['rank']} fails at step {self.step}")
             yield batch
+
+
+class ReportLog(ray.train.UserCallback):
+    """Appends one JSON line per report the Train controller takes (its step, whether it carries a checkpoint, its
+    metric names) to ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": metrics[0].get("step"), "checkpoint": checkpoint is not None,
+                                "keys": sorted(metrics[0])}) + "\n")

@@ -298,7 +298,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 # a run that died before that would resume from an older one. Train on only once it is registered.
                 ray.train.get_all_reported_checkpoints(
                     consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-            else:
+            elif do_probe:
+                # Only what Ray needs: Tune's score here, checkpoints above. A Train V2 report waits until the
+                # controller has taken the previous one, which it polls every 2 s; one per log step capped a run
+                # at log_every steps per 2 s (README, "What holds learning back").
                 ray.train.report(metrics)
     finally:
         progress.close()

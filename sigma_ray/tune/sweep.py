@@ -62,8 +62,8 @@ class SweepResult:
 
 
 class ScoreReportCallback(TuneReportCallback):
-    """Forward to Tune only the Train reports that carry the score (the probe steps). The trainer reports every
-    ``log_every`` steps and at checkpoints too; Tune's searcher and scheduler need the score in every result."""
+    """Forward to Tune only the Train reports that carry the score (the probe steps). The trainer reports at
+    checkpoints too; Tune's searcher and scheduler need the score in every result."""
 
     def __init__(self, metric: str = SCORE_METRIC):
         super().__init__()
