@@ -40,13 +40,12 @@ class FailAtStep:
 
 
 class ReportLog(ray.train.UserCallback):
-    """Appends one JSON line per report the Train controller takes (its step, whether it carries a checkpoint, its
-    metric names) to ``path``."""
+    """Appends one JSON line per report the Train controller takes (its step, whether it carries a checkpoint) to
+    ``path``."""
 
     def __init__(self, path: str):
         self.path = path
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": metrics[0].get("step"), "checkpoint": checkpoint is not None,
-                                "keys": sorted(metrics[0])}) + "\n")
+            f.write(json.dumps({"step": metrics[0].get("step"), "checkpoint": checkpoint is not None}) + "\n")
