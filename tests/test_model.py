@@ -238,6 +238,48 @@ def test_tiny_model_overfits_one_batch(kind, structured, steps):
     assert np.mean(losses[-3:]) < 0.6 * losses[0], losses
 
 
+MICRO = ModelConfig(size="micro", num_frames=4, img_size=32, patch=8)
+
+
+def predictable_clips(n: int, rng: np.random.Generator, config: ModelConfig = MICRO) -> np.ndarray:
+    """uint8 clips whose masked tubes can be inferred: a ramp in a random direction per channel and clip (the same
+    in every tube of a clip: readable from the visible tubes) plus one fixed texture over the frame (readable from
+    a masked token's position only). Static over time."""
+    size = config.img_size
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    fixed = np.random.default_rng(123).uniform(-1, 1, (size, size, 1))
+    theta = rng.uniform(0, 2 * np.pi, (n, 1, 1, 3))
+    frames = 128 + 90 * (np.cos(theta) * xx[..., None] + np.sin(theta) * yy[..., None]) + 25 * fixed
+    return np.repeat(np.clip(frames, 0, 255).astype(np.uint8)[:, None], config.num_frames, axis=1)
+
+
+def test_pixel_model_predicts_held_out_masked_tubes_it_can_infer():
+    """Generalization, not overfitting: fresh clips every step, the loss measured on clips never trained on. The
+    per-position texture is learnable only when each prediction meets its own tube's target: with the targets
+    shifted by one masked token (tried by hand) the held-out loss stays at ~0.3-0.4 after these steps."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = build_model(MICRO, ObjectiveConfig(kind="videomae"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    masks = MaskGenerator(MICRO.grid)
+    held_clips = normalize_clips(torch.from_numpy(predictable_clips(32, np.random.default_rng(1))))
+    held_masks = torch.from_numpy(masks.batch(32, np.random.default_rng(2)))
+
+    def held_out_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            loss = float(model(held_clips, held_masks)["loss"])
+        model.train()
+        return loss
+
+    start = held_out_loss()
+    for _ in range(250):
+        train_step(model, {"clips": torch.from_numpy(predictable_clips(8, rng)),
+                           "masks": torch.from_numpy(masks.batch(8, rng))}, optimizer)
+    # predicting 0 for every standardized target gives (n - 1) / n = 0.99 with n = 128 pixels per channel
+    assert start > 0.9 and held_out_loss() < 0.1, (start, held_out_loss())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size,encoder_params", [("small", 22e6), ("base", 86e6)])
 def test_paper_sizes_at_16x224(size, encoder_params):
