@@ -255,8 +255,8 @@ def predictable_clips(n: int, rng: np.random.Generator, config: ModelConfig = MI
 
 def test_pixel_model_predicts_held_out_masked_tubes_it_can_infer():
     """Generalization, not overfitting: fresh clips every step, the loss measured on clips never trained on. The
-    per-position texture is learnable only when each prediction meets its own tube's target: with the targets
-    shifted by one masked token (tried by hand) the held-out loss stays at ~0.3-0.4 after these steps."""
+    per-position texture is learnable only when each prediction meets its own tube's target: this run ends at
+    0.022; with the targets shifted by one masked token (tried by hand) it ends at 0.21."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     model = build_model(MICRO, ObjectiveConfig(kind="videomae"))
