@@ -169,3 +169,16 @@ def test_knn_probe_matches_the_evaluation_path_and_pickles_light(encoder, data_c
     assert got == {"knn_top1": direct["knn5_top1"], "knn_top5": direct["knn5_top5"]}
     assert probe(encoder) == got  # the cached clips give the same answer
     assert len(pickle.dumps(probe)) < 10_000  # the decoded clips stay behind
+
+
+def test_the_probe_adds_a_linear_score_trained_on_the_bank(encoder, data_config):
+    from sigma_ray.eval.features import features_for_split
+    from sigma_ray.eval.knn import KnnProbe
+    from sigma_ray.eval.linear import linear_probe
+
+    with torch.no_grad():    # as the trainer calls it
+        got = KnnProbe(data_config, num_classes=4, k=5, linear_epochs=30)(encoder)
+    bank, queries = (features_for_split(encoder, data_config, split) for split in ("train", "val"))
+    direct = linear_probe(bank, queries, 4, epochs=30)
+    assert got["linear_top1"] == direct["linear_top1"] and got["linear_top5"] == direct["linear_top5"]
+    assert "knn_top1" in got

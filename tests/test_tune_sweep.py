@@ -21,7 +21,7 @@ import optuna
 import pytest
 
 from sigma_ray.config import from_dict
-from sigma_ray.tune.config import COLLAPSE_METRICS, RUN_DIR_ATTR, SCORE_METRIC, TUNE_ID_ATTR, SweepConfig
+from sigma_ray.tune.config import COLLAPSE_METRICS, RUN_DIR_ATTR, TUNE_ID_ATTR, SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "experiments" / "configs" / "local_tiny.yaml")
@@ -184,7 +184,7 @@ def test_outputs_tune_results_tensorboard_plots_and_summary(interrupted_then_res
         assert (d / "progress.csv").is_file() and (d / "result.json").is_file()
         assert list(d.glob("events.out.tfevents.*"))
         results = [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
-        assert results and all(SCORE_METRIC in r for r in results)   # every result Tune saw has the score
+        assert results and all("knn_top1" in r for r in results)   # every result Tune saw has the score
     for name in ("optimization_history.png", "param_importances.png", "params.png"):
         assert (sweep_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (sweep_dir / "summary.csv").read_text().splitlines()
@@ -208,7 +208,7 @@ def test_best_config_loads_and_trains_one_step(interrupted_then_resumed):
 def probe_lines(run_dir: Path) -> dict[int, dict]:
     """The trainer's own metrics.jsonl lines that carry a probe score, by step (a resumed run's later line wins)."""
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {m["step"]: m for m in lines if SCORE_METRIC in m}
+    return {m["step"]: m for m in lines if "knn_top1" in m}
 
 
 def test_the_study_holds_each_trials_scores_run_directory_and_collapse_diagnostic(interrupted_then_resumed):
@@ -219,7 +219,7 @@ def test_the_study_holds_each_trials_scores_run_directory_and_collapse_diagnosti
         assert run_dir == Path(config.sweep_dir, "trials", t.user_attrs[TUNE_ID_ATTR])
         probes = probe_lines(run_dir)
         # every probe score at its optimizer step: all probes of a full trial, up to the rung of a stopped one
-        assert t.intermediate_values == {step: m[SCORE_METRIC] for step, m in probes.items()
+        assert t.intermediate_values == {step: m["knn_top1"] for step, m in probes.items()
                                          if step <= max(t.intermediate_values)}
         assert max(t.intermediate_values) == (4 if t.state == optuna.trial.TrialState.COMPLETE else 2)
         last = probes[max(t.intermediate_values)]
@@ -245,7 +245,7 @@ def test_tensorboard_hparams_lists_the_swept_parameters_and_the_probe_score(inte
     trials = {t.user_attrs[TUNE_ID_ATTR]: t for t in study_of(config).get_trials()}
     assert len(sessions) == len(trials) == N_TRIALS
     swept = {"num_prototypes", "temperature", "sinkhorn_iterations"}
-    metric_tag = f"ray/tune/{SCORE_METRIC}"
+    metric_tag = "ray/tune/knn_top1"
     for run, tags in sessions.items():
         experiment = metadata.parse_experiment_plugin_data(tags[metadata.EXPERIMENT_TAG])
         assert {h.name for h in experiment.hparam_infos} == swept

@@ -41,7 +41,8 @@ def linear_probe(train: Features, val: Features, num_classes: int, epochs: int =
         raise ValueError("the linear probe needs at least 2 training videos (BatchNorm statistics)")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     device = torch.device(device)
-    with single_thread(device.type == "cpu"):
+    # enable_grad: callers may hold no_grad (the trainer's in-training probe does); the head still has to train
+    with single_thread(device.type == "cpu"), torch.enable_grad():
         return _train_probe(train, val, num_classes, epochs, lr, optimizer, batch_size, weight_decay, seed, device)
 
 

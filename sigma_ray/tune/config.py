@@ -1,7 +1,7 @@
 """The sweep's configuration: the search space, the base pretraining run, ASHA, resources and the Optuna study.
 
 A sweep runs ``num_samples`` trials; each is a short pretraining run (the base :class:`PretrainConfig` with the
-trial's sampled parameters, ``trial.steps`` optimizer steps) probed with the kNN probe every ``trial.probe_every``
+trial's sampled parameters, ``trial.steps`` optimizer steps) probed (kNN, optionally a linear probe) every ``trial.probe_every``
 steps. Everything is checked at load time, before Ray starts: a search range that is empty or inverted fails with
 the field's name (``search.temperature.low = 0.3 must be < high = 0.03``), and so does a base pretraining config
 that does not load. No Ray import here.
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sigma_ray.config import ConfigError, check_range, from_dict, is_uri, load_yaml, merge_overrides
+from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, is_uri, load_yaml, merge_overrides
 from sigma_ray.train.config import PretrainConfig
 
 STUDY_FILE = "study.db"
-SCORE_METRIC = "knn_top1"          # the kNN probe's top-1 accuracy on the val split, percent; maximized
+SCORES = ("knn_top1", "linear_top1")   # what probe.score may name: the probe's val top-1, percent; maximized
 TUNE_ID_ATTR = "tune_trial_id"     # Optuna user attribute linking a study trial to its Tune trial
 RUN_DIR_ATTR = "run_dir"           # Optuna user attribute: the trial's pretraining run directory
 # The trainer's collapse diagnostic, kept as Optuna user attributes at every probe (the last probe's survive):
@@ -100,7 +100,7 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """One trial's length and probe interval, in optimizer steps. The kNN probe runs every ``probe_every`` steps
+    """One trial's length and probe interval, in optimizer steps. The probe runs every ``probe_every`` steps
     and at the last step; each probe is one intermediate score for ASHA (and a checkpoint, so a trial interrupted
     with the driver resumes from its last probe)."""
 
@@ -158,21 +158,27 @@ class TrialResources:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """The trial's score: weighted kNN top-1 accuracy (percent) of the val split against the train split as the
-    bank. ``train_per_class`` / ``val_per_class`` take the first that many videos of each class from the lists
-    (written to ``<sweep dir>/probe/``): the probe decodes its clips once per trial and keeps them in memory, so
-    the full K400 train list is out of reach. ``num_classes`` None: ``data.num_classes``, else the largest label
-    in the lists + 1."""
+    """The trial's score ``score``: weighted kNN top-1 accuracy (percent) of the val split against the train split
+    as the bank (``knn_top1``), or the val top-1 of a linear probe (BatchNorm + linear, ``linear_epochs`` epochs of
+    SGD) trained on the train split's features (``linear_top1``); the kNN score is reported either way.
+    ``train_per_class`` / ``val_per_class`` take the first that many videos of each class from the lists (written
+    to ``<sweep dir>/probe/``): the probe decodes its clips once per trial and keeps them in memory, so the full
+    K400 train list is out of reach. ``num_classes`` None: ``data.num_classes``, else the largest label in the
+    lists + 1."""
 
+    score: str = "knn_top1"
     k: int = 20
     temperature: float = 0.07
+    linear_epochs: int = 100
     train_per_class: int | None = None
     val_per_class: int | None = None
     num_classes: int | None = None
 
     def validate(self) -> None:
+        check_choice("score", self.score, SCORES)
         check_range("k", self.k, 1)
         check_range("temperature", self.temperature, 0.0, lo_open=True)
+        check_range("linear_epochs", self.linear_epochs, 1)
         for name in ("train_per_class", "val_per_class"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), 1)

@@ -22,7 +22,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 
 from sigma_ray.config import is_uri, to_dict
 from sigma_ray.train.config import PretrainConfig
-from sigma_ray.tune.config import SCORE_METRIC, TUNE_ID_ATTR, SweepConfig, apply_params
+from sigma_ray.tune.config import TUNE_ID_ATTR, SweepConfig, apply_params
 
 BEST_CONFIG = "best_config.yaml"
 SUMMARY_CSV = "summary.csv"
@@ -91,9 +91,9 @@ class SweepReport:
         return next((r for r in self.rows if r.score is not None), None)
 
 
-def format_table(rows: list[TrialRow], params: list[str]) -> str:
-    """A fixed-width table: rank, trial, each param, score, steps run, stopped early."""
-    header = ["rank", "trial", *params, SCORE_METRIC, "steps", "stopped early", "state"]
+def format_table(rows: list[TrialRow], params: list[str], score: str = "knn_top1") -> str:
+    """A fixed-width table: rank, trial, each param, the score (named ``score``), steps run, stopped early."""
+    header = ["rank", "trial", *params, score, "steps", "stopped early", "state"]
     lines = []
     for i, r in enumerate(rows, 1):
         cells = [str(i), f"{r.number} ({r.tune_id})" if r.tune_id else str(r.number)]
@@ -133,7 +133,7 @@ def write_best_config(report: SweepReport, path: Path) -> Path | None:
         return None
     best = report.best
     note = "a full-length trial" if best.state == "complete" else "no trial ran to the end: an early-stopped trial"
-    head = (f"# Best of sweep {report.config.name}: trial {best.number} ({best.tune_id}), {SCORE_METRIC} = "
+    head = (f"# Best of sweep {report.config.name}: trial {best.number} ({best.tune_id}), {report.config.probe.score} = "
             f"{best.score:.2f}% after {best.steps} steps ({note}).\n"
             f"# Params: {', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}\n"
             f"#   python experiments/pretrain.py --config {path}\n")
@@ -197,7 +197,7 @@ def _figure(width: float, height: float):
 _STYLE = {"complete": ("tab:blue", "o"), "stopped early": ("tab:orange", "v"), "cut off": ("tab:gray", "s")}
 
 
-def plot_history(rows: list[TrialRow], path: Path) -> Path:
+def plot_history(rows: list[TrialRow], path: Path, score: str = "knn_top1") -> Path:
     """Each trial's score by trial number, marked by state, with the best complete score so far."""
     fig = _figure(7, 4)
     ax = fig.add_subplot()
@@ -216,7 +216,7 @@ def plot_history(rows: list[TrialRow], path: Path) -> Path:
         ax.scatter(failed, [0.0] * len(failed), c="black", marker="x", label="failed", zorder=3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
-    ax.set_ylabel(f"{SCORE_METRIC} (%)")
+    ax.set_ylabel(f"{score} (%)")
     ax.set_title("optimization history")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -263,7 +263,7 @@ def plot_params(rows: list[TrialRow], config: SweepConfig, path: Path) -> Path:
             ax.xaxis.set_major_locator(MaxNLocator(integer=isinstance(rng.low, int)))
         ax.set_xlim(rng.low, rng.high)
         ax.set_xlabel(name)
-        ax.set_ylabel(f"{SCORE_METRIC} (%)")
+        ax.set_ylabel(f"{config.probe.score} (%)")
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=8)
@@ -272,10 +272,10 @@ def plot_params(rows: list[TrialRow], config: SweepConfig, path: Path) -> Path:
     return path
 
 
-def write_summary_csv(rows: list[TrialRow], params: list[str], path: Path) -> Path:
+def write_summary_csv(rows: list[TrialRow], params: list[str], path: Path, score: str = "knn_top1") -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["rank", "number", "tune_id", *params, SCORE_METRIC, "steps", "stopped_early", "state"])
+        w.writerow(["rank", "number", "tune_id", *params, score, "steps", "stopped_early", "state"])
         for i, r in enumerate(rows, 1):
             w.writerow([i, r.number, r.tune_id, *(r.params.get(p, "") for p in params),
                         "" if r.score is None else f"{r.score:.4f}", r.steps, r.stopped_early, r.state])
@@ -291,13 +291,13 @@ def write_report(report: SweepReport) -> str | None:
     status = "finished" if report.finished else \
         f"interrupted: {done} of {config.num_samples} trials done; run the same command again to resume"
     print(f"\n[sigma-ray] sweep {config.name} {status} ({config.sweep_dir}); full trial = {report.total_steps} "
-          f"steps, score = {SCORE_METRIC} (%)")
-    print(format_table(rows, params), flush=True)
+          f"steps, score = {config.probe.score} (%)")
+    print(format_table(rows, params, config.probe.score), flush=True)
     if is_uri(config.sweep_dir):
         return None
     out = Path(config.sweep_dir)
-    write_summary_csv(rows, params, out / SUMMARY_CSV)
-    plot_history(rows, out / "optimization_history.png")
+    write_summary_csv(rows, params, out / SUMMARY_CSV, config.probe.score)
+    plot_history(rows, out / "optimization_history.png", config.probe.score)
     values, method = importances(report.study, rows, params)
     plot_importances(values, method, out / "param_importances.png")
     plot_params(rows, config, out / "params.png")

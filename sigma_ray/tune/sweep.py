@@ -4,7 +4,7 @@ Each trial is a function (:func:`run_trial`) that builds its :class:`PretrainCon
 sampled parameters and runs it with :func:`sigma_ray.train.launch.pretrain` (a Ray Train V2 ``TorchTrainer`` with
 its own workers; with Train V2 a ``Tuner(trainer)`` no longer works). The rank-0 worker runs the kNN probe every
 ``trial.probe_every`` steps; :class:`ScoreReportCallback` forwards those reports to Tune, so every result Tune,
-ASHA and Optuna see carries the score ``knn_top1``, and ASHA (its time attribute is the optimizer step) can stop
+ASHA and Optuna see carries the score (``probe.score``: ``knn_top1`` or ``linear_top1``), and ASHA (its time attribute is the optimizer step) can stop
 weak trials at its rungs.
 
 Resume: the sweep directory holds Tune's experiment state and the Optuna study (an RDB storage). Running the same
@@ -39,7 +39,7 @@ from sigma_ray.ray_session import init_ray
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.launch import check_cluster, pretrain, resolve_paths, run_length
 from sigma_ray.tune import internals
-from sigma_ray.tune.config import (COLLAPSE_METRICS, RUN_DIR_ATTR, SCORE_METRIC, TUNE_ID_ATTR, IntRange,
+from sigma_ray.tune.config import (COLLAPSE_METRICS, RUN_DIR_ATTR, TUNE_ID_ATTR, IntRange,
                                    SweepConfig, trial_pretrain_config)
 from sigma_ray.tune.report import SweepReport, TrialRow, write_report
 
@@ -65,7 +65,7 @@ class ScoreReportCallback(TuneReportCallback):
     """Forward to Tune only the Train reports that carry the score (the probe steps). The trainer reports at
     checkpoints too; Tune's searcher and scheduler need the score in every result."""
 
-    def __init__(self, metric: str = SCORE_METRIC):
+    def __init__(self, metric: str):
         super().__init__()
         self.metric = metric
 
@@ -110,7 +110,7 @@ class SweepSearch(OptunaSearch):
         self._base_seed = config.seed
         self._total_steps = total_steps
         self._reported_steps: dict[str, set[int]] = {}
-        super().__init__(optuna_space(config), metric=SCORE_METRIC, mode="max", sampler=make_sampler(config.seed),
+        super().__init__(optuna_space(config), metric=config.probe.score, mode="max", sampler=make_sampler(config.seed),
                          study_name=config.name, storage=optuna.storages.RDBStorage(config.study_url))
         self._continue_study()
 
@@ -178,7 +178,7 @@ def run_trial(params: dict[str, Any], base: PretrainConfig, sweep: SweepConfig, 
     trial_id = tune.get_context().get_trial_id()
     config = trial_pretrain_config(base, params, sweep, name=trial_id,
                                    storage_path=f"{sweep.sweep_dir}/{TRIALS_DIR}")   # run dir: trial_run_dir
-    pretrain(config, callbacks=[ScoreReportCallback(SCORE_METRIC)], probe=probe)
+    pretrain(config, callbacks=[ScoreReportCallback(sweep.probe.score)], probe=probe)
 
 
 def trial_run_dir(sweep_dir: str, trial_id: str) -> str:
@@ -204,7 +204,7 @@ def _check_resume(config: SweepConfig) -> None:
 
 def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, KnnProbe]:
     """Driver-side work before Ray: the resolved base run (the synthetic set is written once, here, not by
-    concurrent trials), a full trial's length in steps, and the trials' kNN probe."""
+    concurrent trials), a full trial's length in steps, and the trials' probe."""
     from sigma_ray.data.annotations import load_split
 
     _check_resume(config)
@@ -221,7 +221,8 @@ def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, KnnProbe]:
             data, root=None,
             train_list=write_list(first_per_class(train, pc.train_per_class), folder / "train.csv"),
             val_list=write_list(first_per_class(val, pc.val_per_class), folder / "val.csv"))
-    probe = KnnProbe(data, num_classes, k=pc.k, temperature=pc.temperature)
+    probe = KnnProbe(data, num_classes, k=pc.k, temperature=pc.temperature,
+                     linear_epochs=pc.linear_epochs if pc.score == "linear_top1" else 0)
     return base, run_length(one_trial, len(train))[1], probe
 
 
@@ -286,8 +287,8 @@ class SweepASHA(ASHAScheduler):
     had there: ``Tuner.restore`` brings the scheduler back as it was created, with empty rungs, so without this
     the trials after a resume would only be compared with each other. The scores come from the study."""
 
-    def __init__(self, study_url: str, study_name: str, **kwargs: Any):
-        super().__init__(time_attr="step", metric=SCORE_METRIC, mode="max", **kwargs)
+    def __init__(self, study_url: str, study_name: str, metric: str, **kwargs: Any):
+        super().__init__(time_attr="step", metric=metric, mode="max", **kwargs)
         self._study_url, self._study_name = study_url, study_name
 
     def on_trial_add(self, tune_controller, trial) -> None:
@@ -302,7 +303,7 @@ class SweepASHA(ASHAScheduler):
 def _tune_config(config: SweepConfig, total_steps: int) -> tune.TuneConfig:
     grace, max_t = config.rung_steps
     max_t = max(min(max_t, total_steps - 1), grace)   # no rung at a trial's last step: it ends there anyway
-    scheduler = SweepASHA(config.study_url, config.name, grace_period=grace, max_t=max_t,
+    scheduler = SweepASHA(config.study_url, config.name, config.probe.score, grace_period=grace, max_t=max_t,
                           reduction_factor=config.asha.reduction_factor,
                           stop_last_trials=False)   # trials end at trial.steps by themselves
     return tune.TuneConfig(search_alg=SweepSearch(config, total_steps), scheduler=scheduler,
