@@ -1,10 +1,10 @@
 """The sweep's configuration: the search space, the base pretraining run, ASHA, resources and the Optuna study.
 
 A sweep runs ``num_samples`` trials; each is a short pretraining run (the base :class:`PretrainConfig` with the
-trial's sampled parameters, ``trial.steps`` optimizer steps) probed (kNN, optionally a linear probe) every ``trial.probe_every``
-steps. Everything is checked at load time, before Ray starts: a search range that is empty or inverted fails with
-the field's name (``search.temperature.low = 0.3 must be < high = 0.03``), and so does a base pretraining config
-that does not load. No Ray import here.
+trial's sampled parameters, ``trial.steps`` optimizer steps) probed (kNN, and a linear probe when that is the
+score) every ``trial.probe_every`` steps. Everything is checked at load time, before Ray starts: a search range
+that is empty or inverted fails with the field's name (``search.temperature.low = 0.3 must be < high = 0.03``),
+and so does a base pretraining config that does not load. No Ray import here.
 """
 from __future__ import annotations
 

@@ -133,8 +133,8 @@ def write_best_config(report: SweepReport, path: Path) -> Path | None:
         return None
     best = report.best
     note = "a full-length trial" if best.state == "complete" else "no trial ran to the end: an early-stopped trial"
-    head = (f"# Best of sweep {report.config.name}: trial {best.number} ({best.tune_id}), {report.config.probe.score} = "
-            f"{best.score:.2f}% after {best.steps} steps ({note}).\n"
+    head = (f"# Best of sweep {report.config.name}: trial {best.number} ({best.tune_id}), "
+            f"{report.config.probe.score} = {best.score:.2f}% after {best.steps} steps ({note}).\n"
             f"# Params: {', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}\n"
             f"#   python experiments/pretrain.py --config {path}\n")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,10 @@
 
 Each trial is a function (:func:`run_trial`) that builds its :class:`PretrainConfig` from the base run and the
 sampled parameters and runs it with :func:`sigma_ray.train.launch.pretrain` (a Ray Train V2 ``TorchTrainer`` with
-its own workers; with Train V2 a ``Tuner(trainer)`` no longer works). The rank-0 worker runs the kNN probe every
+its own workers; with Train V2 a ``Tuner(trainer)`` no longer works). The rank-0 worker runs the probe every
 ``trial.probe_every`` steps; :class:`ScoreReportCallback` forwards those reports to Tune, so every result Tune,
-ASHA and Optuna see carries the score (``probe.score``: ``knn_top1`` or ``linear_top1``), and ASHA (its time attribute is the optimizer step) can stop
-weak trials at its rungs.
+ASHA and Optuna see carries the score (``probe.score``: ``knn_top1`` or ``linear_top1``), and ASHA (its time
+attribute is the optimizer step) can stop weak trials at its rungs.
 
 Resume: the sweep directory holds Tune's experiment state and the Optuna study (an RDB storage). Running the same
 sweep again calls ``Tuner.restore``: finished trials keep their results and never run again, trials cut off with
