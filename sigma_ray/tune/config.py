@@ -17,7 +17,7 @@ from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, 
 from sigma_ray.train.config import PretrainConfig
 
 STUDY_FILE = "study.db"
-SCORES = ("knn_top1", "linear_top1")   # what probe.score may name: the probe's val top-1, percent; maximized
+SCORES = ("knn_top1", "linear_top1")   # what probe.score may name (the first is the default): val top-1, %, maximized
 TUNE_ID_ATTR = "tune_trial_id"     # Optuna user attribute linking a study trial to its Tune trial
 RUN_DIR_ATTR = "run_dir"           # Optuna user attribute: the trial's pretraining run directory
 # The trainer's collapse diagnostic, kept as Optuna user attributes at every probe (the last probe's survive):
@@ -166,7 +166,7 @@ class ProbeConfig:
     K400 train list is out of reach. ``num_classes`` None: ``data.num_classes``, else the largest label in the
     lists + 1."""
 
-    score: str = "knn_top1"
+    score: str = SCORES[0]
     k: int = 20
     temperature: float = 0.07
     linear_epochs: int = 100

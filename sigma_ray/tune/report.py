@@ -22,7 +22,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 
 from sigma_ray.config import is_uri, to_dict
 from sigma_ray.train.config import PretrainConfig
-from sigma_ray.tune.config import TUNE_ID_ATTR, SweepConfig, apply_params
+from sigma_ray.tune.config import SCORES, TUNE_ID_ATTR, SweepConfig, apply_params
 
 BEST_CONFIG = "best_config.yaml"
 SUMMARY_CSV = "summary.csv"
@@ -91,7 +91,7 @@ class SweepReport:
         return next((r for r in self.rows if r.score is not None), None)
 
 
-def format_table(rows: list[TrialRow], params: list[str], score: str = "knn_top1") -> str:
+def format_table(rows: list[TrialRow], params: list[str], score: str = SCORES[0]) -> str:
     """A fixed-width table: rank, trial, each param, the score (named ``score``), steps run, stopped early."""
     header = ["rank", "trial", *params, score, "steps", "stopped early", "state"]
     lines = []
@@ -197,7 +197,7 @@ def _figure(width: float, height: float):
 _STYLE = {"complete": ("tab:blue", "o"), "stopped early": ("tab:orange", "v"), "cut off": ("tab:gray", "s")}
 
 
-def plot_history(rows: list[TrialRow], path: Path, score: str = "knn_top1") -> Path:
+def plot_history(rows: list[TrialRow], path: Path, score: str = SCORES[0]) -> Path:
     """Each trial's score by trial number, marked by state, with the best complete score so far."""
     fig = _figure(7, 4)
     ax = fig.add_subplot()
@@ -272,7 +272,7 @@ def plot_params(rows: list[TrialRow], config: SweepConfig, path: Path) -> Path:
     return path
 
 
-def write_summary_csv(rows: list[TrialRow], params: list[str], path: Path, score: str = "knn_top1") -> Path:
+def write_summary_csv(rows: list[TrialRow], params: list[str], path: Path, score: str = SCORES[0]) -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["rank", "number", "tune_id", *params, score, "steps", "stopped_early", "state"])
