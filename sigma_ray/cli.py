@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", default="scenes", choices=("scenes", "object", "camera"),
-                   help="scenes: scene kind x camera pan (the demo's); object: object motion; camera: 8 pans")
+    p.add_argument("--kind", default="patterns", choices=("patterns", "scenes", "object", "camera"),
+                   help="patterns: wall pattern x camera pan (the demo's); scenes: scene kind x camera pan; "
+                        "object: object motion; camera: 8 pans")
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser("import", help="released SIGMA/VideoMAE or transformers VideoMAE weights -> sigma-ray files",

@@ -25,16 +25,16 @@ def load(paths, split):
     return np.stack(clips), np.array(labels)
 
 
-def affine_motion(clip):
+def affine_motion(clip, threshold: float = 20):
     """Median over frame pairs of a least-squares affine optical flow (brightness constancy) fitted on the
-    changing pixels: (translation x, translation y, divergence, curl)."""
+    pixels that change by more than ``threshold`` grey levels: (translation x, translation y, divergence, curl)."""
     g = clip.astype(np.float32).mean(-1)
     yy, xx = np.mgrid[0:g.shape[1], 0:g.shape[2]].astype(np.float32)
     feats = []
     for a, b in zip(g[:-1], g[1:]):
         iy, ix = np.gradient((a + b) / 2)
         it = b - a
-        w = np.abs(it) > 20
+        w = np.abs(it) > threshold
         if w.sum() < 10:
             continue
         x, y = xx[w] - xx[w].mean(), yy[w] - yy[w].mean()
@@ -145,3 +145,59 @@ def test_scene_classes_need_appearance_and_motion(tmp_path_factory):
     # both together name the class
     both = lambda x: np.concatenate([shape(x) * 10, motion(x)], axis=1)
     assert (nearest_centroid(both(xtr), ytr, both(xva)) == yva).mean() > 0.75
+
+
+def axis_to_diagonal_power(frame: np.ndarray, periods: int) -> float:
+    """log of the Fourier power at the pattern's axis frequencies (periods, 0), (0, periods) over that at its
+    diagonal ones (periods, +-periods), summed over channels: dots have both, checks only the diagonal."""
+    f = np.abs(np.fft.fft2(frame.astype(np.float32) - frame.mean((0, 1)), axes=(0, 1))) ** 2
+    k = periods
+    axis = f[k, 0] + f[0, k] + f[-k, 0] + f[0, -k]
+    diagonal = f[k, k] + f[-k, -k] + f[k, -k] + f[-k, k]
+    return float(np.log(axis.sum() + 1) - np.log(diagonal.sum() + 1))
+
+
+def test_pattern_classes_need_appearance_and_motion(tmp_path_factory):
+    from sigma_ray.data.synthetic import PAN_DIRECTIONS, PATTERN_CLASSES, PATTERN_PERIODS
+
+    paths = make_synthetic(tmp_path_factory.mktemp("patterns"), num_classes=8, train_per_class=10,
+                           val_per_class=5, frames=16, size=32, seed=4, kind="patterns")
+    assert open(paths["classes"]).read().split() == list(PATTERN_CLASSES)
+    xtr, ytr = load(paths, "train")
+    xva, yva = load(paths, "val")
+    kind_tr, kind_va, dir_tr, dir_va = ytr % 2, yva % 2, ytr // 2, yva // 2
+    # one frame: the pattern shows (its Fourier power on the axes against the diagonals) ...
+    power = lambda x: np.array([[axis_to_diagonal_power(c[8], PATTERN_PERIODS)] for c in x])
+    assert (nearest_centroid(power(xtr), kind_tr, power(xva)) == kind_va).mean() > 0.9
+    # ... the pan direction does not (ridge on thumbnails of one frame is at chance for the 4 directions) ...
+    thumb = lambda x: x[:, 8].reshape(len(x), 8, 4, 8, 4, 3).mean((2, 4)).reshape(len(x), -1) / 255
+    assert (ridge(thumb(xtr), dir_tr, thumb(xva)) == dir_va).mean() < 1 / len(PAN_DIRECTIONS) + 0.2
+    # ... and frame differences do: the affine flow's translation names it (a low threshold: some walls have
+    # little grey-level contrast, their colours cancel in the grey mean)
+    motion = lambda x: np.stack([affine_motion(c, threshold=4)[:2] for c in x])
+    assert (nearest_centroid(motion(xtr), dir_tr, motion(xva)) == dir_va).mean() > 0.9
+    # both together name the class; the motion alone names at most half of it
+    both = lambda x: np.concatenate([power(x), motion(x)], axis=1)
+    assert (nearest_centroid(both(xtr), ytr, both(xva)) == yva).mean() > 0.8
+    assert (nearest_centroid(motion(xtr), ytr, motion(xva)) == yva).mean() < 0.7
+
+
+def tubes_like_their_slice(video: np.ndarray, patch: int = 8, tubelet: int = 2, tol: float = 0.2) -> float:
+    """The fraction of a video's tubes (per-channel standardized, as VideoMAE's target) that lie within ``tol``
+    (RMS) of their time slice's median tube: the share of masked tubes a model can fill from the visible ones."""
+    t, h, w = video.shape[0] // tubelet, video.shape[1] // patch, video.shape[2] // patch
+    x = video[:t * tubelet].astype(np.float64).reshape(t, tubelet, h, patch, w, patch, 3)
+    x = x.transpose(0, 2, 4, 1, 3, 5, 6).reshape(t, h * w, -1, 3)
+    x = (x - x.mean(2, keepdims=True)) / (x.std(2, ddof=1, keepdims=True) + 1e-6)
+    median = np.median(x, axis=1, keepdims=True)
+    return float((np.sqrt(((x - median) ** 2).mean((2, 3))) < tol).mean())
+
+
+def test_pattern_tubes_repeat_within_a_time_slice_and_scene_tubes_do_not():
+    from sigma_ray.data.synthetic import pattern_frames, scene_frames
+
+    rng = np.random.default_rng(0)
+    patterns = np.mean([tubes_like_their_slice(pattern_frames(c % 8, 16, 32, rng)) for c in range(16)])
+    scenes = np.mean([tubes_like_their_slice(scene_frames(c % 8, 16, 32, rng)) for c in range(16)])
+    assert patterns > 0.4, patterns
+    assert scenes < 0.05, scenes

@@ -1,8 +1,16 @@
 """Small synthetic video classification sets, written as real mp4 files with VideoMAE lists.
 
-Three kinds (``make_synthetic(kind=...)``):
+Four kinds (``make_synthetic(kind=...)``):
 
-- ``scenes`` (the demo's): a camera pans over a static scene. The class is the scene's kind (appearance: round
+- ``patterns`` (the demo's): a camera pans over a wall papered with a periodic pattern, in front of which float
+  two flat objects. The class is the pattern (checks or a lattice of dots: appearance) *and* the pan direction
+  (left, right, up, down: motion), 8 classes; the objects (a disc, square or cross each, of random colour, size,
+  place and angle) and the pattern's colours, contrast, phase and the pan's speed are random per video and say
+  nothing about the class. The pattern repeats ``PATTERN_PERIODS`` times across the frame: with the demo's 32 px
+  frames and 8 px patches, one period per patch, so the wall's part of a masked tube can be told from the visible
+  tubes of the same time slice. That makes the pixel target learnable where it is not occluded (on ``scenes``
+  it is not, README "Does pretraining learn at laptop scale?"). One frame tells the pattern but not the direction.
+- ``scenes``: a camera pans over a static scene. The class is the scene's kind (appearance: round
   discs, or angular squares and crosses) *and* the pan direction (motion: left, right, up, down), 8 classes in
   all. Every video has its own scene (a smooth periodic background and 3-5 objects of random colour, size, place
   and angle) and a random start, so one frame tells the scene's kind but nothing about the direction; the pan is
@@ -221,8 +229,53 @@ def scene_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> 
     return np.stack(out)
 
 
-KINDS = ("scenes", "object", "camera")
-KIND_CLASSES = {"scenes": SCENE_CLASSES, "object": CLASSES, "camera": CAMERA_CLASSES}
+PATTERN_KINDS = ("checks", "dots")
+# Class c is pattern c % 2 and direction c // 2, as in SCENE_CLASSES.
+PATTERN_CLASSES = tuple(f"{kind}_{d}" for d in PAN_DIRECTIONS for kind in PATTERN_KINDS)
+PATTERN_PERIODS = 4               # periods of the pattern across the frame (one per 8 px patch at 32 px)
+PATTERN_OBJECTS = 2               # class-neutral objects in front of the wall
+PATTERN_CONTRAST = (40, 70)       # the pattern's amplitude (grey levels) around its base colour
+
+
+def _pattern(kind: str, x: np.ndarray, y: np.ndarray, period: float) -> np.ndarray:
+    """The wall's modulation in [-1, 1] at positions ``x, y`` (pixels): smooth checks or a lattice of dots."""
+    if kind == "checks":
+        return np.tanh(3 * np.sin(2 * math.pi * x / period) * np.sin(2 * math.pi * y / period))
+    dx = (x + period / 2) % period - period / 2
+    dy = (y + period / 2) % period - period / 2
+    return 2 * np.exp(-(dx ** 2 + dy ** 2) / (2 * (period / 5) ** 2)) - 1
+
+
+def pattern_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (frames, size, size, 3) of ``PATTERN_CLASSES[cls]``: the pattern on a random base colour (each channel
+    modulated with its own random sign and weight), two class-neutral objects, and a camera panning in that
+    direction from a random phase, rendered at sub-pixel positions on the torus."""
+    kind, direction = PATTERN_KINDS[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
+    dx, dy = PAN_DIRECTIONS[direction]
+    period = size / PATTERN_PERIODS
+    px, py = rng.uniform(0, period, 2)
+    speed = rng.uniform(*SCENE_SPEED) * size / 64
+    base = rng.uniform(70, 186, 3)
+    amplitude = rng.uniform(*PATTERN_CONTRAST) * rng.uniform(0.3, 1.0, 3) * rng.choice([-1.0, 1.0], 3)
+    objects = [(("disc", "square", "cross")[int(rng.integers(3))], *rng.uniform(0, size, 2),
+                rng.uniform(*SCENE_RADIUS) * size, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3))
+               for _ in range(PATTERN_OBJECTS)]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    out = []
+    for t in range(frames):
+        sx, sy = speed * t * dx, speed * t * dy          # the camera's offset: the content moves the other way
+        img = base + amplitude * _pattern(kind, xx + px + sx, yy + py + sy, period)[..., None]
+        for shape, cx, cy, radius, angle, colour in objects:
+            ox = (xx - cx + sx + size / 2) % size - size / 2
+            oy = (yy - cy + sy + size / 2) % size - size / 2
+            cos, sin = math.cos(angle), math.sin(angle)
+            img[_shape_mask(shape, (cos * ox + sin * oy) / radius, (-sin * ox + cos * oy) / radius)] = colour
+        out.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+KINDS = ("patterns", "scenes", "object", "camera")
+KIND_CLASSES = {"patterns": PATTERN_CLASSES, "scenes": SCENE_CLASSES, "object": CLASSES, "camera": CAMERA_CLASSES}
 
 
 def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: int = 40, val_per_class: int = 10,
@@ -230,10 +283,10 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
                    ) -> dict[str, str]:
     """Write the data set under ``out_dir``; returns {"root", "train", "val", "classes"} paths.
 
-    ``kind`` is ``scenes``, ``object`` or ``camera`` (see the module's docstring); the first ``num_classes`` of its
-    classes are used. ``frames`` is the length of each video (32 lets dense sampling take 16 frames at rate 2);
+    ``kind`` is one of :data:`KINDS` (see the module's docstring); the first ``num_classes`` of its classes are
+    used. ``frames`` is the length of each video (32 lets dense sampling take 16 frames at rate 2);
     ``pool`` is the number of shared objects and of shared backgrounds (``object`` and ``camera``; every
-    ``scenes`` video has its own scene). Deterministic in ``seed``.
+    ``patterns`` and ``scenes`` video has its own). Deterministic in ``seed``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind = {kind!r} is not one of {', '.join(KINDS)}")
@@ -244,7 +297,7 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
         raise ValueError(f"size = {size} must be an even number >= 16")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    if kind != "scenes":
+    if kind not in ("scenes", "patterns"):
         pool_rng = np.random.default_rng([seed, 0])
         backgrounds = [_smooth_texture(pool_rng, size, cells=int(pool_rng.integers(4, 9))) for _ in range(pool)]
         objects = [_object(pool_rng, 32) for _ in range(pool)]
@@ -257,6 +310,8 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
             rng = np.random.default_rng([seed, split_id, i])
             if kind == "scenes":
                 video = scene_frames(cls, frames, size, rng)
+            elif kind == "patterns":
+                video = pattern_frames(cls, frames, size, rng)
             else:
                 bg = backgrounds[int(rng.integers(pool))]
                 tex, shape = objects[int(rng.integers(pool))]
@@ -276,7 +331,7 @@ class SyntheticConfig:
     """A synthetic set for a config's ``synthetic:`` key (``true`` takes these defaults). ``frames`` / ``size``
     None: the data section's needs, at least 32 frames (16 at rate 2) and 64 px."""
 
-    kind: str = "scenes"
+    kind: str = "patterns"
     num_classes: int = 8
     train_per_class: int = 40
     val_per_class: int = 10
