@@ -183,14 +183,18 @@ def test_pattern_classes_need_appearance_and_motion(tmp_path_factory):
 
 
 def tubes_like_their_slice(video: np.ndarray, patch: int = 8, tubelet: int = 2, tol: float = 0.2) -> float:
-    """The fraction of a video's tubes (per-channel standardized, as VideoMAE's target) that lie within ``tol``
-    (RMS) of their time slice's median tube: the share of masked tubes a model can fill from the visible ones."""
-    t, h, w = video.shape[0] // tubelet, video.shape[1] // patch, video.shape[2] // patch
-    x = video[:t * tubelet].astype(np.float64).reshape(t, tubelet, h, patch, w, patch, 3)
-    x = x.transpose(0, 2, 4, 1, 3, 5, 6).reshape(t, h * w, -1, 3)
-    x = (x - x.mean(2, keepdims=True)) / (x.std(2, ddof=1, keepdims=True) + 1e-6)
+    """The fraction of a video's tubes (VideoMAE's per-tube standardized target) that lie within ``tol`` (RMS) of
+    their time slice's median tube: the share of masked tubes a model can fill from the visible ones."""
+    import torch
+
+    from sigma_ray.model.projection import normalize_tubes, tube_pixels
+
+    clip = torch.from_numpy(video.astype(np.float32)).permute(3, 0, 1, 2)[None]        # 1 x C x T x H x W
+    x = normalize_tubes(tube_pixels(clip, tubelet, patch), pixel_std=None)[0].double().numpy()
+    t = video.shape[0] // tubelet
+    x = x.reshape(t, -1, x.shape[-1])                                                 # slices x tubes x values
     median = np.median(x, axis=1, keepdims=True)
-    return float((np.sqrt(((x - median) ** 2).mean((2, 3))) < tol).mean())
+    return float((np.sqrt(((x - median) ** 2).mean(2)) < tol).mean())
 
 
 def test_pattern_tubes_repeat_within_a_time_slice_and_scene_tubes_do_not():

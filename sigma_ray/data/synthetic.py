@@ -191,6 +191,12 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def _placed_shape(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float, angle: float) -> np.ndarray:
+    """Inside-test of ``shape`` of ``radius`` (pixels) turned by ``angle``, at offsets ``dx, dy`` from its centre."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    return _shape_mask(shape, (cos * dx + sin * dy) / radius, (-sin * dx + cos * dy) / radius)
+
+
 def _scene(rng: np.random.Generator, size: int, shapes: tuple[str, ...]) -> np.ndarray:
     """Float (size, size, 3): a periodic background with 3-5 objects of ``shapes``, wrapped on the torus."""
     img = _periodic_background(rng, size)
@@ -200,10 +206,8 @@ def _scene(rng: np.random.Generator, size: int, shapes: tuple[str, ...]) -> np.n
         cx, cy = rng.uniform(0, size, 2)
         radius = rng.uniform(*SCENE_RADIUS) * size
         angle = rng.uniform(0, 2 * math.pi)
-        dx = (xx - cx + size / 2) % size - size / 2
-        dy = (yy - cy + size / 2) % size - size / 2
-        cos, sin = math.cos(angle), math.sin(angle)
-        inside = _shape_mask(shape, (cos * dx + sin * dy) / radius, (-sin * dx + cos * dy) / radius)
+        inside = _placed_shape(shape, (xx - cx + size / 2) % size - size / 2,
+                               (yy - cy + size / 2) % size - size / 2, radius, angle)
         img[inside] = rng.uniform(0, 255, 3)
     return img
 
@@ -266,10 +270,8 @@ def pattern_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -
         sx, sy = speed * t * dx, speed * t * dy          # the camera's offset: the content moves the other way
         img = base + amplitude * _pattern(kind, xx + px + sx, yy + py + sy, period)[..., None]
         for shape, cx, cy, radius, angle, colour in objects:
-            ox = (xx - cx + sx + size / 2) % size - size / 2
-            oy = (yy - cy + sy + size / 2) % size - size / 2
-            cos, sin = math.cos(angle), math.sin(angle)
-            img[_shape_mask(shape, (cos * ox + sin * oy) / radius, (-sin * ox + cos * oy) / radius)] = colour
+            img[_placed_shape(shape, (xx - cx + sx + size / 2) % size - size / 2,
+                              (yy - cy + sy + size / 2) % size - size / 2, radius, angle)] = colour
         out.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
     return np.stack(out)
 
