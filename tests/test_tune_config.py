@@ -65,14 +65,16 @@ def test_other_sweep_fields_are_checked_with_their_names():
         sweep(pretrain={"objective": {"temperature": -1.0}})
     with pytest.raises(ConfigError, match="set study_storage"):
         sweep(storage_path="s3://bucket/sweeps")
-    with pytest.raises(ConfigError, match="probe.score = 'knn_top5' is not one of 'knn_top1', 'linear_top1'"):
+    with pytest.raises(ConfigError, match="probe.score = 'knn_top5' is not one of "
+                                              "'knn_top1', 'linear_top1', 'mean_top1'"):
         sweep(probe={"score": "knn_top5"})
     with pytest.raises(ConfigError, match="probe.linear_epochs = 0 is outside"):
         sweep(probe={"linear_epochs": 0})
 
 
 def test_a_linear_score_reaches_the_searcher_the_scheduler_and_the_probe(tmp_path, tiny_synthetic):
-    """With probe.score linear_top1, Optuna and ASHA rank trials by it and the trials' probe computes it."""
+    """With probe.score linear_top1 (or mean_top1), Optuna and ASHA rank trials by it and the trials' probe
+    computes it."""
     from sigma_ray.tune.sweep import _tune_config, prepare
 
     data = {"root": tiny_synthetic["root"], "train_list": tiny_synthetic["train"], "val_list": tiny_synthetic["val"]}
@@ -82,6 +84,10 @@ def test_a_linear_score_reaches_the_searcher_the_scheduler_and_the_probe(tmp_pat
     Path(config.sweep_dir).mkdir()                      # the study's SQLite file goes there
     tune_config = _tune_config(config, total_steps=40)
     assert tune_config.search_alg.metric == tune_config.scheduler.metric == "linear_top1"
+    both = sweep(storage_path=str(tmp_path), pretrain=base, name="both", probe={"score": "mean_top1"})
+    assert prepare(both)[2].linear_epochs == 100        # the mean of kNN and linear trains the linear probe too
+    Path(both.sweep_dir).mkdir()
+    assert _tune_config(both, total_steps=40).scheduler.metric == "mean_top1"
     knn_only = sweep(storage_path=str(tmp_path), pretrain=base, name="knn")
     assert prepare(knn_only)[2].linear_epochs == 0     # the kNN score trains no linear probe
     Path(knn_only.sweep_dir).mkdir()

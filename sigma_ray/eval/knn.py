@@ -68,7 +68,8 @@ class KnnProbe:
     split's bank, both decoded in-process (no Ray) with single centred views. Picklable, so the trainer can run
     it on its rank-0 worker every ``train.probe_every`` steps (the sweep's intermediate score). With
     ``linear_epochs`` > 0 it also trains a linear probe (BatchNorm + linear, SGD, that many epochs) on the bank's
-    features and adds its val accuracy, ``linear_top1`` / ``linear_top5``: on a few hundred queries kNN at
+    features and adds its val accuracy, ``linear_top1`` / ``linear_top5``, and ``mean_top1``, the mean of the kNN
+    and linear top-1: on a few hundred queries kNN at
     chance cannot rank encoders whose pooled features are linearly, not locally, separable.
 
     The decoded clips are cached after the first call (the encoder changes between calls, the clips do not), so
@@ -94,7 +95,8 @@ class KnnProbe:
         scores = {"knn_top1": out[f"knn{self.k}_top1"], "knn_top5": out[f"knn{self.k}_top5"]}
         if self.linear_epochs:
             lin = linear_probe(bank, queries, self.num_classes, epochs=self.linear_epochs)
-            scores.update(linear_top1=lin["linear_top1"], linear_top5=lin["linear_top5"])
+            scores.update(linear_top1=lin["linear_top1"], linear_top5=lin["linear_top5"],
+                          mean_top1=(scores["knn_top1"] + lin["linear_top1"]) / 2)
         return scores
 
     def __getstate__(self) -> dict:

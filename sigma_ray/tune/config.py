@@ -17,7 +17,8 @@ from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, 
 from sigma_ray.train.config import PretrainConfig
 
 STUDY_FILE = "study.db"
-SCORES = ("knn_top1", "linear_top1")   # what probe.score may name (the first is the default): val top-1, %, maximized
+# what probe.score may name (the first is the default): val top-1, %, maximized; mean_top1 is the mean of the other two
+SCORES = ("knn_top1", "linear_top1", "mean_top1")
 TUNE_ID_ATTR = "tune_trial_id"     # Optuna user attribute linking a study trial to its Tune trial
 RUN_DIR_ATTR = "run_dir"           # Optuna user attribute: the trial's pretraining run directory
 # The trainer's collapse diagnostic, kept as Optuna user attributes at every probe (the last probe's survive):
@@ -160,7 +161,8 @@ class TrialResources:
 class ProbeConfig:
     """The trial's score ``score``: weighted kNN top-1 accuracy (percent) of the val split against the train split
     as the bank (``knn_top1``), or the val top-1 of a linear probe (BatchNorm + linear, ``linear_epochs`` epochs of
-    SGD) trained on the train split's features (``linear_top1``); the kNN score is reported either way.
+    SGD) trained on the train split's features (``linear_top1``), or the mean of the two (``mean_top1``: an encoder
+    must be good on both probes); the kNN score is reported either way.
     ``train_per_class`` / ``val_per_class`` take the first that many videos of each class from the lists (written
     to ``<sweep dir>/probe/``): the probe decodes its clips once per trial and keeps them in memory, so the full
     K400 train list is out of reach. ``num_classes`` None: ``data.num_classes``, else the largest label in the

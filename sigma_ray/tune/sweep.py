@@ -4,8 +4,8 @@ Each trial is a function (:func:`run_trial`) that builds its :class:`PretrainCon
 sampled parameters and runs it with :func:`sigma_ray.train.launch.pretrain` (a Ray Train V2 ``TorchTrainer`` with
 its own workers; with Train V2 a ``Tuner(trainer)`` no longer works). The rank-0 worker runs the probe every
 ``trial.probe_every`` steps; :class:`ScoreReportCallback` forwards those reports to Tune, so every result Tune,
-ASHA and Optuna see carries the score (``probe.score``: ``knn_top1`` or ``linear_top1``), and ASHA (its time
-attribute is the optimizer step) can stop weak trials at its rungs.
+ASHA and Optuna see carries the score (``probe.score``: ``knn_top1``, ``linear_top1`` or their mean ``mean_top1``),
+and ASHA (its time attribute is the optimizer step) can stop weak trials at its rungs.
 
 Resume: the sweep directory holds Tune's experiment state and the Optuna study (an RDB storage). Running the same
 sweep again calls ``Tuner.restore``: finished trials keep their results and never run again, trials cut off with
@@ -222,7 +222,7 @@ def prepare(config: SweepConfig) -> tuple[PretrainConfig, int, KnnProbe]:
             train_list=write_list(first_per_class(train, pc.train_per_class), folder / "train.csv"),
             val_list=write_list(first_per_class(val, pc.val_per_class), folder / "val.csv"))
     probe = KnnProbe(data, num_classes, k=pc.k, temperature=pc.temperature,
-                     linear_epochs=pc.linear_epochs if pc.score == "linear_top1" else 0)
+                     linear_epochs=0 if pc.score == "knn_top1" else pc.linear_epochs)
     return base, run_length(one_trial, len(train))[1], probe
 
 
