@@ -104,6 +104,19 @@ def test_shipped_sweep_configs_load():
     assert cluster.resources.gpus_per_worker == 1
 
 
+@pytest.mark.parametrize("round_", ["", "_r2"])
+def test_the_demo_sweeps_of_a_round_give_both_methods_the_same_budget(round_):
+    """The demo's settings come from a SIGMA-MLP and a VideoMAE sweep per round: the same base run, trials, steps,
+    schedule, probe, seed and lr range; they differ only in the objective and in what else each one searches."""
+    sigma = load_config(SweepConfig, CONFIGS / f"sweep_demo_sigma{round_}.yaml")
+    pixels = load_config(SweepConfig, CONFIGS / f"sweep_demo_pixels{round_}.yaml")
+    for field in ("pretrain_config", "num_samples", "max_concurrent", "trial", "asha", "resources", "probe", "seed"):
+        assert getattr(sigma, field) == getattr(pixels, field), field
+    assert sigma.search.lr == pixels.search.lr
+    assert sigma.base_pretrain().objective.kind == "sigma_mlp" and pixels.base_pretrain().objective.kind == "videomae"
+    assert set(pixels.search.ranges()) == {"lr", "mask_ratio"}
+
+
 def test_mask_ratio_and_queue_length_reach_their_nested_fields():
     cfg = sweep(search={"mask_ratio": {"low": 0.5, "high": 0.9}, "queue_length": {"low": 0, "high": 4096}})
     data = apply_params(cfg.base_pretrain(), {"mask_ratio": 0.6, "queue_length": 2048})
