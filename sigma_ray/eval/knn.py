@@ -69,8 +69,8 @@ class KnnProbe:
     it on its rank-0 worker every ``train.probe_every`` steps (the sweep's intermediate score). With
     ``linear_epochs`` > 0 it also trains a linear probe (BatchNorm + linear, SGD, that many epochs) on the bank's
     features and adds its val accuracy, ``linear_top1`` / ``linear_top5``, and ``mean_top1``, the mean of the kNN
-    and linear top-1: on a few hundred queries kNN at
-    chance cannot rank encoders whose pooled features are linearly, not locally, separable.
+    and linear top-1: on a few hundred queries kNN at chance cannot rank encoders whose pooled features are
+    linearly, not locally, separable.
 
     The decoded clips are cached after the first call (the encoder changes between calls, the clips do not), so
     later probes cost only the encoder's forward passes (and the linear probe's epochs on cached features).
