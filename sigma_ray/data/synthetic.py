@@ -191,8 +191,11 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _placed_shape(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float, angle: float) -> np.ndarray:
-    """Inside-test of ``shape`` of ``radius`` (pixels) turned by ``angle``, at offsets ``dx, dy`` from its centre."""
+def _placed_shape(shape: str, dx: np.ndarray, dy: np.ndarray, size: int, radius: float, angle: float
+                  ) -> np.ndarray:
+    """Inside-test of ``shape`` of ``radius`` (pixels) turned by ``angle``, at offsets ``dx, dy`` from its centre,
+    wrapped on the ``size`` x ``size`` torus (an object leaving one edge shows at the other)."""
+    dx, dy = (dx + size / 2) % size - size / 2, (dy + size / 2) % size - size / 2
     cos, sin = math.cos(angle), math.sin(angle)
     return _shape_mask(shape, (cos * dx + sin * dy) / radius, (-sin * dx + cos * dy) / radius)
 
@@ -206,8 +209,7 @@ def _scene(rng: np.random.Generator, size: int, shapes: tuple[str, ...]) -> np.n
         cx, cy = rng.uniform(0, size, 2)
         radius = rng.uniform(*SCENE_RADIUS) * size
         angle = rng.uniform(0, 2 * math.pi)
-        inside = _placed_shape(shape, (xx - cx + size / 2) % size - size / 2,
-                               (yy - cy + size / 2) % size - size / 2, radius, angle)
+        inside = _placed_shape(shape, xx - cx, yy - cy, size, radius, angle)
         img[inside] = rng.uniform(0, 255, 3)
     return img
 
@@ -270,8 +272,7 @@ def pattern_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -
         sx, sy = speed * t * dx, speed * t * dy          # the camera's offset: the content moves the other way
         img = base + amplitude * _pattern(kind, xx + px + sx, yy + py + sy, period)[..., None]
         for shape, cx, cy, radius, angle, colour in objects:
-            img[_placed_shape(shape, (xx - cx + sx + size / 2) % size - size / 2,
-                              (yy - cy + sy + size / 2) % size - size / 2, radius, angle)] = colour
+            img[_placed_shape(shape, xx - cx + sx, yy - cy + sy, size, radius, angle)] = colour
         out.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
     return np.stack(out)
 
