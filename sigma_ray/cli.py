@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_step_demo)
 
+    # the data kinds live with their generator (sigma_ray/data/synthetic.py); importing it loads av, not Ray
+    from sigma_ray.data.synthetic import KINDS
+
     p = sub.add_parser("make-synthetic", help="write the synthetic temporal video set (mp4 + train/val.csv)")
     p.add_argument("--out", required=True)
     p.add_argument("--classes", type=int, default=8)
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", default="patterns", choices=("patterns", "scenes", "object", "camera"),
+    p.add_argument("--kind", default="patterns", choices=KINDS,
                    help="patterns: wall pattern x camera pan (the demo's); scenes: scene kind x camera pan; "
                         "object: object motion; camera: 8 pans")
     p.set_defaults(func=_make_synthetic)

@@ -46,9 +46,10 @@ METRICS = ("knn20_top1", "knn200_top1", "linear_top1", "linear_top5", "effective
 
 @dataclass(frozen=True)
 class SigmaSettings:
-    """SIGMA-MLP's settings in the demo: the best trial, by the mean of kNN and linear top-1, of the two rounds
-    experiments/configs/sweep_demo_sigma.yaml and sweep_demo_sigma_r2.yaml (rounded to 3 digits; README, "The
-    demo's settings"); the rest are the paper's or the sweep's base."""
+    """SIGMA-MLP's settings in the demo: of the three sweep rounds experiments/configs/sweep_demo_sigma.yaml,
+    sweep_demo_sigma_r2.yaml and sweep_demo_sigma_r3.yaml, the three best trials by the mean of kNN and linear
+    top-1 were run with two more seeds, and this is the one with the best three-seed mean (round 2's trial 6,
+    rounded to 3 digits; README, "The demo's settings"); the rest are the paper's or the sweep's base."""
 
     lr: float = 0.00708                   # base lr, x batch / 256
     mask_ratio: float = 0.808
@@ -70,12 +71,12 @@ class SigmaSettings:
 
 @dataclass(frozen=True)
 class PixelSettings:
-    """The VideoMAE baseline's settings in the demo: the best trial, by the mean of kNN and linear top-1, of the two
-    rounds experiments/configs/sweep_demo_pixels.yaml and sweep_demo_pixels_r2.yaml (rounded to 3 digits; the same
-    tuning budget as SIGMA-MLP's)."""
+    """The VideoMAE baseline's settings in the demo, chosen as SIGMA-MLP's with the same budget: of the three rounds
+    experiments/configs/sweep_demo_pixels.yaml, sweep_demo_pixels_r2.yaml and sweep_demo_pixels_r3.yaml, the best
+    three-seed mean of the three best trials (round 3's trial 5, rounded to 3 digits)."""
 
-    lr: float = 0.00587
-    mask_ratio: float = 0.816
+    lr: float = 0.0075
+    mask_ratio: float = 0.759
     normalize_target: bool = True         # False: raw [0, 1] pixel targets (objective.normalize_target)
 
     def validate(self) -> None:

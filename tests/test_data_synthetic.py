@@ -2,12 +2,15 @@
 
 import numpy as np
 import pytest
+import torch
 
 from sigma_ray.config import from_dict
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import read_frames
 from sigma_ray.data.iterator import ClipIterator
-from sigma_ray.data.synthetic import make_synthetic
+from sigma_ray.data.synthetic import (CAMERA_CLASSES, PAN_DIRECTIONS, PATTERN_CLASSES, PATTERN_PERIODS, SCENE_CLASSES,
+                                      make_synthetic, pattern_frames, scene_frames)
+from sigma_ray.model.projection import normalize_tubes, tube_pixels
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +98,6 @@ def test_loads_through_the_data_layer(synth):
 
 
 def test_camera_motion_classes_single_frame_at_chance_motion_separates(tmp_path_factory):
-    from sigma_ray.data.synthetic import CAMERA_CLASSES
-
     paths = make_synthetic(tmp_path_factory.mktemp("camera"), num_classes=8, train_per_class=8, val_per_class=4,
                            frames=16, size=64, seed=2, kind="camera")
     assert open(paths["classes"]).read().split() == list(CAMERA_CLASSES)
@@ -125,8 +126,6 @@ def fourfold_anisotropy(frame: np.ndarray, window: int = 16) -> float:
 
 
 def test_scene_classes_need_appearance_and_motion(tmp_path_factory):
-    from sigma_ray.data.synthetic import PAN_DIRECTIONS, SCENE_CLASSES
-
     paths = make_synthetic(tmp_path_factory.mktemp("scenes"), num_classes=8, train_per_class=10, val_per_class=5,
                            frames=16, size=64, seed=4, kind="scenes")
     assert open(paths["classes"]).read().split() == list(SCENE_CLASSES)
@@ -158,8 +157,6 @@ def axis_to_diagonal_power(frame: np.ndarray, periods: int) -> float:
 
 
 def test_pattern_classes_need_appearance_and_motion(tmp_path_factory):
-    from sigma_ray.data.synthetic import PAN_DIRECTIONS, PATTERN_CLASSES, PATTERN_PERIODS
-
     paths = make_synthetic(tmp_path_factory.mktemp("patterns"), num_classes=8, train_per_class=10,
                            val_per_class=5, frames=16, size=32, seed=4, kind="patterns")
     assert open(paths["classes"]).read().split() == list(PATTERN_CLASSES)
@@ -185,10 +182,6 @@ def test_pattern_classes_need_appearance_and_motion(tmp_path_factory):
 def tubes_like_their_slice(video: np.ndarray, patch: int = 8, tubelet: int = 2, tol: float = 0.2) -> float:
     """The fraction of a video's tubes (VideoMAE's per-tube standardized target) that lie within ``tol`` (RMS) of
     their time slice's median tube: the share of masked tubes a model can fill from the visible ones."""
-    import torch
-
-    from sigma_ray.model.projection import normalize_tubes, tube_pixels
-
     clip = torch.from_numpy(video.astype(np.float32)).permute(3, 0, 1, 2)[None]        # 1 x C x T x H x W
     x = normalize_tubes(tube_pixels(clip, tubelet, patch), pixel_std=None)[0].double().numpy()
     t = video.shape[0] // tubelet
@@ -198,8 +191,6 @@ def tubes_like_their_slice(video: np.ndarray, patch: int = 8, tubelet: int = 2, 
 
 
 def test_pattern_tubes_repeat_within_a_time_slice_and_scene_tubes_do_not():
-    from sigma_ray.data.synthetic import pattern_frames, scene_frames
-
     rng = np.random.default_rng(0)
     patterns = np.mean([tubes_like_their_slice(pattern_frames(c % 8, 16, 32, rng)) for c in range(16)])
     scenes = np.mean([tubes_like_their_slice(scene_frames(c % 8, 16, 32, rng)) for c in range(16)])

@@ -17,7 +17,7 @@ from sigma_ray.cli import main
 from sigma_ray.config import ConfigError
 from sigma_ray.eval.finetune import VideoClassifier
 from sigma_ray.eval.run import load_any_encoder
-from sigma_ray.model.export import init_from_model_state, load_encoder, load_model_state, save_encoder
+from sigma_ray.model.export import init_from_model_state, load_encoder, load_model_file, save_encoder
 from sigma_ray.model.release import (ReleaseFormatError, export_release, import_released, read_released,
                                      read_state_file)
 from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel
@@ -307,7 +307,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     # the same refusal for a model state given to pretraining (train.init_from), named by its field
     torch.save({"format": "sigma-ray", "state": _RunsCode(str(marker))}, tmp_path / "model.pt")
     with pytest.raises(ConfigError, match=r"train\.init_from: .*model\.pt: refused to load"):
-        load_model_state(tmp_path / "model.pt", TINY, ObjectiveConfig())
+        load_model_file(tmp_path / "model.pt", TINY, ObjectiveConfig())
     assert not marker.exists()
 
 
@@ -321,10 +321,10 @@ def test_init_from_must_fit_the_run(tmp_path):
     torch.save({"model": _release_checkpoint()}, tmp_path / "ckpt.pth")
     _, written = import_released(tmp_path / "ckpt.pth", tmp_path / "out", num_frames=4, img_size=32)
     with pytest.raises(ConfigError, match="model.size = 'tiny'; this run has model.size = 'small'"):
-        load_model_state(written["model"], ModelConfig(size="small", num_frames=4, img_size=32),
-                         ObjectiveConfig(kind="videomae"))
+        load_model_file(written["model"], ModelConfig(size="small", num_frames=4, img_size=32),
+                        ObjectiveConfig(kind="videomae"))
     with pytest.raises(ConfigError, match="objective.kind = 'videomae'; this run has objective.kind = 'sigma_mlp'"):
-        load_model_state(written["model"], TINY, ObjectiveConfig())
+        load_model_file(written["model"], TINY, ObjectiveConfig())
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def test_shipped_sweep_configs_load():
     assert cluster.resources.gpus_per_worker == 1
 
 
-@pytest.mark.parametrize("round_", ["", "_r2"])
+@pytest.mark.parametrize("round_", ["", "_r2", "_r3"])
 def test_the_demo_sweeps_of_a_round_give_both_methods_the_same_budget(round_):
     """The demo's settings come from a SIGMA-MLP and a VideoMAE sweep per round: the same base run, trials, steps,
     schedule, probe, seed and lr range; they differ only in the objective and in what else each one searches."""

@@ -87,8 +87,8 @@ def save_model_state(state: dict[str, torch.Tensor], config: ModelConfig, object
                         path)
 
 
-def load_model_state(path: str | Path, model_config: ModelConfig, objective: Any, field: str = "train.init_from"
-                     ) -> dict[str, torch.Tensor]:
+def load_model_file(path: str | Path, model_config: ModelConfig, objective: Any, field: str = "train.init_from"
+                    ) -> dict[str, torch.Tensor]:
     """The state dict of a ``model.pt`` (weights only, memory-mapped), after checking that it was written for this
     model: every ModelConfig field but ``drop_path`` and the objective's shape-giving fields must agree (ConfigError
     naming ``field`` and the disagreeing field otherwise)."""
@@ -119,11 +119,11 @@ def load_model_state(path: str | Path, model_config: ModelConfig, objective: Any
 
 
 def init_from_model_state(model: nn.Module, path: str | Path, model_config: ModelConfig, objective: Any) -> None:
-    """Load a ``model.pt`` into a freshly built SigmaModel (:func:`load_model_state` checks it was written for this
+    """Load a ``model.pt`` into a freshly built SigmaModel (:func:`load_model_file` checks it was written for this
     model). Every parameter must be in the file and every tensor of the file must be used, except SIGMA-DINO's
     frozen teacher (``projection.teacher.*``, loaded from ``objective.teacher_checkpoint`` as in the release);
     buffers the file lacks (run state such as a feature queue) keep their initial values."""
-    state = load_model_state(path, model_config, objective)
+    state = load_model_file(path, model_config, objective)
     missing, unexpected = model.load_state_dict(state, strict=False)
     params = {name for name, _ in model.named_parameters()}
     missing = [k for k in missing if k in params and not k.startswith("projection.teacher.")]

@@ -264,9 +264,9 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
         raise ConfigError(f"objective.teacher_checkpoint = {teacher!r} is not a file: point it at the local "
                           "weights of the frozen image teacher (e.g. DINO ViT-B/16)")
     if config.train.init_from:  # a file written for another model fails here, not on every worker
-        from sigma_ray.model.export import load_model_state as load_imported_state
+        from sigma_ray.model.export import load_model_file
 
-        load_imported_state(config.train.init_from, config.model, config.objective)
+        load_model_file(config.train.init_from, config.model, config.objective)
     ensure_synthetic(config.synthetic, config.data)
     records = load_split(config.data, "train")          # annotation errors surface here, before Ray starts
     spe, total = run_length(config, len(records))
