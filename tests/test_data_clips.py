@@ -4,7 +4,8 @@ import pytest
 
 from sigma_ray.config import ConfigError, from_dict
 from sigma_ray.data.annotations import VideoRecord
-from sigma_ray.data.clips import ClipMaker, Row, SkipBoundError, SkipStats
+from sigma_ray.data.clips import ClipMaker, Row
+from sigma_ray.data.stats import SkipBoundError, SkipStats
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.iterator import ClipIterator
 

@@ -9,7 +9,8 @@ from sigma_ray.data.clips import ClipMaker, Row
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoReader
 from sigma_ray.data.iterator import ClipIterator
-from sigma_ray.data.pipeline import ClipPipeline, ConsumerMeter, PipelineStats
+from sigma_ray.data.pipeline import ClipPipeline
+from sigma_ray.data.stats import ConsumerMeter, PipelineStats
 
 from test_data_clips import SMALL, records
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sigma_ray.train.checkpoint import list_checkpoints
+from sigma_ray.train.rundir import read_jsonl
 
 from auth_proxy import AuthProxy
 
@@ -137,6 +138,9 @@ def test_submit_with_the_cli_and_the_client_then_read_the_dashboard(head, tiny_s
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     assert "[sigma-ray] run via_client: 4/4 steps" in logs
     check_run(tmp_path / "via_client")
+    # one config, seed and data set run twice: the same losses to the last bit (the training stream keeps its order)
+    losses = lambda name: [r["loss"] for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
+    assert len(losses("via_cli")) == 2 and losses("via_cli") == losses("via_client")
 
     # 3. the dashboard's REST endpoint lists both jobs as succeeded
     with urllib.request.urlopen(urllib.request.Request(f"{head['url']}/api/jobs/", headers=head["auth"]),

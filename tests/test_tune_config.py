@@ -134,7 +134,9 @@ def test_a_trial_config_carries_the_params_steps_and_resources(tmp_path):
     assert (trial.name, trial.storage_path) == ("t1", str(tmp_path))
     assert (trial.objective.num_prototypes, trial.objective.temperature, trial.objective.sinkhorn_iterations) == \
         (100, 0.05, 3)
-    assert trial.train.base_lr == 0.002
+    base = cfg.base_pretrain().train
+    assert trial.train.base_lr == 0.002 and base.base_lr != 0.002
+    assert trial.train.min_lr == pytest.approx(base.min_lr * 0.002 / base.base_lr)   # the cosine's shape is kept
     assert (trial.train.max_steps, trial.train.probe_every, trial.train.checkpoint_every) == (12, 4, 4)
     assert (trial.train.num_workers, trial.train.use_gpu, trial.train.gpus_per_worker) == (2, True, 0.5)
     with pytest.raises(ConfigError, match="unknown search parameter 'bogus'"):

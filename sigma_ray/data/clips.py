@@ -2,11 +2,11 @@
 
 Randomness comes from a generator seeded by ``(seed, epoch, video_id, view)`` alone, so a sample is the same
 whichever process or actor makes it and in whatever order. Bad videos raise VideoDecodeError; callers skip
-them (never substitute another video) and count them in a :class:`SkipStats`.
+them (never substitute another video) and count them in a :class:`~sigma_ray.data.stats.SkipStats`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -116,34 +116,3 @@ class ClipMaker:
         if train and c.flip and rng.random() < 0.5:
             clip = transforms.hflip(clip)
         return Sample(clip, self.masks(rng), row.label, row.video_id, view)
-
-
-class SkipBoundError(RuntimeError):
-    """Too many videos of a data set were skipped as unreadable; the message lists some of them."""
-
-
-@dataclass
-class SkipStats:
-    """Rows seen and videos skipped (path, reason) during one pass."""
-
-    seen: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, seen: int, skipped: list[tuple[str, str]] = ()) -> None:
-        self.seen += seen
-        self.skipped.extend(tuple(s) for s in skipped)
-
-    @property
-    def fraction(self) -> float:
-        return len(self.skipped) / self.seen if self.seen else 0.0
-
-    def check(self, max_fraction: float, min_rows: int, final: bool = False) -> None:
-        """Raise SkipBoundError when more than ``max_fraction`` of the rows seen were skipped.
-
-        Before ``min_rows`` rows the check is deferred (a few early failures say little about a data set)
-        unless ``final``, i.e. the pass is over and the count is the whole truth.
-        """
-        if (final or self.seen >= min_rows) and self.fraction > max_fraction:
-            examples = "; ".join(f"{p}: {r}" for p, r in self.skipped[:5])
-            raise SkipBoundError(f"{len(self.skipped)} of {self.seen} videos skipped ({self.fraction:.1%} > "
-                                 f"max_skip_fraction {max_fraction:.1%}), e.g. {examples}")

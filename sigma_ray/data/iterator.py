@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from sigma_ray.data.annotations import VideoRecord, load_split
-from sigma_ray.data.clips import ClipMaker, Row, Sample, SkipStats, epoch_rows
+from sigma_ray.data.clips import ClipMaker, Row, Sample, epoch_rows
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoDecodeError
+from sigma_ray.data.stats import SkipStats
 
 
 def has_views(config: DataConfig, split: str) -> bool:

@@ -146,9 +146,12 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25) -> str:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1     # fewer run-to-run differences (not always byte-identical)
+        stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": "17", "preset": "fast"}
+            # without mbtree: with it, encoding the same frames gave different files from call to call (2-7 of 20
+            # differed, by up to 33 grey levels once decoded, even on one thread); without it, one seed makes one
+            # byte-identical data set (tests/test_data_synthetic.py)
+            stream.options = {"crf": "17", "preset": "fast", "x264-params": "mbtree=0"}
         else:
             stream.bit_rate = 2_000_000
         for img in frames:

@@ -49,7 +49,7 @@ def _pretrain(config) -> int:
 def main(argv: list[str] | None = None, prog: str = "pretrain") -> int:
     from ray.train import TrainingFailedError
 
-    from sigma_ray.data.clips import SkipBoundError
+    from sigma_ray.data.stats import SkipBoundError
     from sigma_ray.train.checkpoint import CheckpointError
     from sigma_ray.train.launch import NonFiniteLossError
     from sigma_ray.train.rundir import RunLockedError

@@ -6,10 +6,11 @@ expands (``flat_map``) into epoch ``e``'s rows, shuffled by ``(data.seed, e)`` e
 :func:`~sigma_ray.data.clips.epoch_rows` does, cut to ``rows_per_epoch`` (whole global batches). The clip actors
 then make each row's clip with *that row's* epoch, so augmentations and masks change every epoch.
 
-Where the stream starts comes from a small :class:`DataCursor` actor read when execution begins: rank 0 sets it
-from the checkpoint it resumes from, before any worker pulls a batch. Epochs before the cursor's yield nothing, the
-cursor's epoch starts ``offset`` rows in. So a worker group restarted by ``FailureConfig`` (which re-executes the
-same dataset) continues the data where the checkpoint left it instead of at the first epoch.
+Where the stream starts comes from a small :class:`~sigma_ray.train.cursor.DataCursor` actor read when execution
+begins: rank 0 sets it from the checkpoint it resumes from, before any worker pulls a batch. Epochs before the
+cursor's yield nothing, the cursor's epoch starts ``offset`` rows in. So a worker group restarted by
+``FailureConfig`` (which re-executes the same dataset) continues the data where the checkpoint left it instead of at
+the first epoch.
 """
 from __future__ import annotations
 
@@ -18,20 +19,6 @@ import ray
 
 from sigma_ray.data.clips import epoch_rows
 from sigma_ray.data.pipeline import ClipBatchUDF, ClipPipeline
-
-
-@ray.remote(num_cpus=0)
-class DataCursor:
-    """(epoch, row offset) where the next execution of the training stream starts."""
-
-    def __init__(self, epoch: int = 0, offset: int = 0):
-        self.position = (epoch, offset)
-
-    def set(self, epoch: int, offset: int) -> None:
-        self.position = (int(epoch), int(offset))
-
-    def get(self) -> tuple[int, int]:
-        return self.position
 
 
 class EpochClipBatchUDF(ClipBatchUDF):
@@ -54,6 +41,16 @@ class EpochClipBatchUDF(ClipBatchUDF):
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def in_order() -> "ray.data.ExecutionOptions":
+    """Ray Train's ingest options for the training stream (the driver's limits) with ``preserve_order``: blocks
+    reach the workers in the stream's order, not in the order its tasks happen to finish (without it, two runs of
+    one config on the same files differed from the first step), so one worker sees the same batches in every run
+    of one seed. Several workers still split the stream as they ask for blocks."""
+    ctx = ray.data.DataContext.get_current().execution_options
+    return ray.data.ExecutionOptions(resource_limits=ctx.resource_limits, preserve_order=True,
+                                     verbose_progress=ctx.verbose_progress)
 
 
 def training_stream(pipeline: ClipPipeline, rows_per_epoch: int, num_epochs: int,

@@ -28,7 +28,7 @@ from typing import Any
 import ray
 
 from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
-from sigma_ray.data.clips import SkipBoundError
+from sigma_ray.data.stats import SkipBoundError
 from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.ray_compat import autoscaling_enabled
 from sigma_ray.ray_session import init_ray
@@ -254,7 +254,8 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
     from sigma_ray.data.annotations import load_split
     from sigma_ray.data.pipeline import ClipPipeline
     from sigma_ray.train.console import ConsoleRelay
-    from sigma_ray.train.dataset import DataCursor, training_stream
+    from sigma_ray.train.cursor import DataCursor
+    from sigma_ray.train.dataset import in_order, training_stream
     from sigma_ray.train.loop import DATA_ERROR_FILE, NONFINITE_FILE, train_loop_per_worker
 
     config = resolve_paths(config)
@@ -305,6 +306,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                     callbacks=callbacks),
                 datasets={"train": dataset},
+                dataset_config=ray.train.DataConfig(execution_options=in_order()),
             )
             result = trainer.fit()
         metrics = dict(result.metrics or {})

@@ -2,7 +2,7 @@
 
 ``train_loop_per_worker(loop_config)`` with ``loop_config`` as built by :func:`sigma_ray.train.launch.pretrain`:
 ``config`` (the PretrainConfig as a dict), ``run_dir``, ``steps_per_epoch``, ``total_steps``, ``cursor`` (the
-:class:`~sigma_ray.train.dataset.DataCursor`), ``skip_stats`` (the pipeline's SkipStatsActor), ``console`` (the
+:class:`~sigma_ray.train.cursor.DataCursor`), ``skip_stats`` (the pipeline's SkipStatsActor), ``console`` (the
 driver's :class:`~sigma_ray.train.console.ConsoleActor`) and an optional ``probe``: a callable
 ``probe(encoder) -> dict[str, float]`` that rank 0 runs on the encoder (in eval mode, no grad) every
 ``train.probe_every`` steps and at the end, adding its metrics to that step's report (the sweep's kNN score, so
@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from sigma_ray.config import from_dict
-from sigma_ray.data.clips import SkipBoundError, SkipStats
+from sigma_ray.data.stats import SkipBoundError, SkipStats
 from sigma_ray.model.sigma import build_model
 from sigma_ray.ray_compat import train_report_logger_name
 from sigma_ray.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything

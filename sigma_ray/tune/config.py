@@ -283,10 +283,14 @@ def trial_pretrain_config(base: PretrainConfig, params: dict[str, Any], sweep: S
 
 
 def apply_params(base: PretrainConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """``base`` as a nested dict with the sampled ``params`` written into their fields."""
+    """``base`` as a nested dict with the sampled ``params`` written into their fields. A sampled ``lr`` scales
+    ``train.min_lr`` with it, so every trial's cosine ends at the base config's fraction of its peak (the demo's
+    1%); a fixed floor would change the schedule's shape from trial to trial, and lie above a low peak."""
     from sigma_ray.config import to_dict
 
     data = to_dict(base)
+    if "lr" in params:
+        data["train"]["min_lr"] = base.train.min_lr * params["lr"] / base.train.base_lr
     for key, value in params.items():
         if key not in PARAM_FIELDS:
             raise ConfigError(f"unknown search parameter {key!r}; known: {', '.join(PARAM_FIELDS)}")
