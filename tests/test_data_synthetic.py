@@ -65,8 +65,8 @@ def ridge(ftr, ytr, fva, lam=10.0):
 
 def test_deterministic_by_seed(synth, tmp_path):
     again = make_synthetic(tmp_path, num_classes=8, train_per_class=1, val_per_class=1, frames=20, seed=1)
-    # byte-identical files, so one seed is one data set (libx264 with mbtree, as before, gave a different file for
-    # some videos on every call: 2-7 of 20 encodings of the same frames differed)
+    # byte-identical files, so one seed is one data set (libx264 with mbtree, as before, varied from call to call:
+    # 20 encodings of the same frames gave 2-6 distinct files)
     for split in ("train", "val"):
         for line in open(again[split]):
             rel = line.split()[0]

@@ -148,9 +148,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25) -> str:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         if codec == "libx264":
-            # without mbtree: with it, encoding the same frames gave different files from call to call (2-7 of 20
-            # differed, by up to 33 grey levels once decoded, even on one thread); without it, one seed makes one
-            # byte-identical data set (tests/test_data_synthetic.py)
+            # without mbtree: with it, encoding the same frames gave different files from call to call (2-6
+            # distinct files in 20 calls, up to 33 grey levels apart once decoded, even on one thread); without it,
+            # one seed makes one byte-identical data set (tests/test_data_synthetic.py)
             stream.options = {"crf": "17", "preset": "fast", "x264-params": "mbtree=0"}
         else:
             stream.bit_rate = 2_000_000
