@@ -6,7 +6,6 @@ them (never substitute another video) and count them in a :class:`~sigma_ray.dat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
