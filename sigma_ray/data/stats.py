@@ -3,7 +3,7 @@ Ray pipeline clips produced versus consumed and the consumers' wait time (:class
 by one :class:`SkipStatsActor` per pipeline and fed on the consumer side by a :class:`ConsumerMeter`.
 
 This module imports Ray but not torch, the decoder or the model: the actor's process (one per pretraining run)
-imports it in 0.6-0.7 s, where the data pipeline's module took 2.7 s (2-core CPU).
+imports it in 0.6-0.7 s, where the data pipeline's module took 2.7-3.1 s (2-core CPU).
 """
 from __future__ import annotations
 
