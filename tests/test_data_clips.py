@@ -95,3 +95,39 @@ def test_config_validation_names_field(bad, field):
     with pytest.raises(ConfigError, match=field):
         from_dict(DataConfig, bad)
     assert DataConfig().grid == (8, 14, 14)
+
+
+def test_clips_cut_from_cached_whole_videos_equal_clips_decoded_alone(test_videos):
+    """The decode cache (irregular key frames, a 29.97 fps clip, VP9, the broken files) changes no clip, no mask
+    and no error, whether every video fits its budget or only the first."""
+    import dataclasses
+
+    from sigma_ray.data import frame_cache
+    from sigma_ray.data.clips import epoch_rows
+    from sigma_ray.data.decode import VideoDecodeError
+
+    recs = records(test_videos, BAD)
+    plain = DataConfig(**SMALL, seed=3)
+
+    def make(maker, row, epoch):
+        try:
+            return maker(row, epoch)
+        except VideoDecodeError as e:
+            return e.reason
+
+    for budget, videos in ((1024.0, len(GOOD)), (1e-3, 1)):
+        frame_cache.clear()
+        cached = dataclasses.replace(plain, decode_cache_mb=budget)
+        for split, epochs in (("train", (0, 1)), ("val", (0,))):
+            a, b = ClipMaker(plain, split), ClipMaker(cached, split)
+            for epoch in epochs:
+                for row in epoch_rows(recs, plain, split, epoch):
+                    x, y = make(a, row, epoch), make(b, row, epoch)
+                    if isinstance(x, str):
+                        assert x == y, row.path
+                    else:
+                        np.testing.assert_array_equal(x.clip, y.clip, err_msg=row.path)
+                        np.testing.assert_array_equal(x.mask, y.mask, err_msg=row.path)
+        assert len(frame_cache._videos) == videos                     # the broken files are never cached
+    frame_cache.clear()
+    assert frame_cache.cached_bytes() == 0

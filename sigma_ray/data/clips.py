@@ -13,6 +13,7 @@ import numpy as np
 from sigma_ray.data.annotations import VideoRecord
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoReader
+from sigma_ray.data.frame_cache import whole_video
 from sigma_ray.data import sampling, transforms
 from sigma_ray.masking import MaskGenerator
 
@@ -84,20 +85,26 @@ class ClipMaker:
         return samples
 
     def window(self, row: Row, rng: np.random.Generator) -> np.ndarray:
-        """Decode the frames of the row's clip: uint8 ``(T, H', W', C)`` at ``decode_short_side``."""
+        """Decode the frames of the row's clip: uint8 ``(T, H', W', C)`` at ``decode_short_side``; cut from the
+        whole decoded video when ``decode_cache_mb`` > 0 and it fits (:mod:`sigma_ray.data.frame_cache`)."""
         c = self.config
         train = self.split == "train"
         clip_i = row.view // c.test_num_crops
         num_clips = c.test_num_clips if self.split == "test" else 1
-        with VideoReader(row.path, threads=c.decode_threads) as reader:
-            n = reader.info.num_frames
+
+        def indices(n: int) -> np.ndarray:
             if c.sampling == "dense":
-                idx = (sampling.dense_indices(n, c.num_frames, c.sampling_rate, rng) if train else
-                       sampling.dense_eval_indices(n, c.num_frames, c.sampling_rate, num_clips, clip_i))
-            else:
-                idx = (sampling.segment_indices(n, c.num_frames, rng) if train else
-                       sampling.segment_eval_indices(n, c.num_frames, num_clips, clip_i))
-            return reader.frames(idx, c.decode_short_side)
+                return (sampling.dense_indices(n, c.num_frames, c.sampling_rate, rng) if train else
+                        sampling.dense_eval_indices(n, c.num_frames, c.sampling_rate, num_clips, clip_i))
+            return (sampling.segment_indices(n, c.num_frames, rng) if train else
+                    sampling.segment_eval_indices(n, c.num_frames, num_clips, clip_i))
+
+        if c.decode_cache_mb > 0:
+            video = whole_video(row.path, c.decode_short_side, c.decode_threads, c.decode_cache_mb)
+            if video is not None:
+                return video[indices(len(video))]
+        with VideoReader(row.path, threads=c.decode_threads) as reader:
+            return reader.frames(indices(reader.info.num_frames), c.decode_short_side)
 
     def _augment(self, frames: np.ndarray, row: Row, rng: np.random.Generator, view: int) -> Sample:
         c = self.config

@@ -54,6 +54,8 @@ class DataConfig:
     actor_resources: dict[str, float] = field(default_factory=dict)   # e.g. {"decode_node": 0.01}: cluster.yaml's
                                           # CPU-only cpu_decode nodes, keeping GPU nodes' cores for trainers
     decode_threads: int = 1               # FFmpeg threads per decoder; 1 since actors already run in parallel
+    decode_cache_mb: float = 0.0          # per process: keep whole decoded videos up to this many MiB and cut
+                                          # clips from them (0 = decode every clip; for sets that fit in memory)
     seed: int = 0
     max_skip_fraction: float = 0.05       # more skipped videos than this fraction of rows seen is an error
     skip_min_rows: int = 20               # the fraction is checked once this many rows were seen (and at the end)
@@ -92,6 +94,7 @@ class DataConfig:
         for k, v in self.actor_resources.items():
             check_range(f"actor_resources.{k}", v, 0.0, lo_open=True)
         check_range("decode_threads", self.decode_threads, 0, 64)
+        check_range("decode_cache_mb", self.decode_cache_mb, 0.0, 2.0**20)
         check_range("seed", self.seed, 0, 2**63 - 1)
         check_range("max_skip_fraction", self.max_skip_fraction, 0.0, 1.0)
         check_range("skip_min_rows", self.skip_min_rows, 1)
