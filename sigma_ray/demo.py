@@ -86,7 +86,7 @@ class PixelSettings:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's knobs; the defaults are ``make demo`` (one seed, about 10 minutes on a 2-core CPU, README).
+    """The demo's knobs; the defaults are ``make demo`` (one seed, about 11 minutes on a 2-core CPU, README).
 
     Compute per method and seed: ``steps x batch_size`` clips of ``num_frames x size x size``. Seed ``s`` of
     ``seed .. seed + seeds - 1`` sets the initial weights, the data order, the crops and the masks; the data set
