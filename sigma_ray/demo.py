@@ -123,7 +123,7 @@ class DemoConfig:
                                           # evaluation uses the whole train and val splits)
     linear_epochs: int = 100
     torch_threads: int | None = None
-    decode_cache_mb: float = 512.0        # per process (data.decode_cache_mb): the 2,000 decoded videos take 157 MB
+    decode_cache_mb: float = 512.0        # per process (data.decode_cache_mb): the 1,600 train videos take 157 MB
     supervised: bool = True
     # base lr of the supervised bound: the best of 0.006, 0.012, 0.024 by its own head's val top-1 on the tuning
     # copy (data seed 1), mean of 3 seeds (README, "The demo's settings")

@@ -12,8 +12,8 @@ cursor's yield nothing, the cursor's epoch starts ``offset`` rows in. So a worke
 ``FailureConfig`` (which re-executes the same dataset) continues the data where the checkpoint left it instead of at
 the first epoch.
 
-Blocks: the epoch's rows are cut into blocks of a few batches (:func:`rows_per_block`) before the clip actors, so
-clips stream to the trainer a block at a time (the first batch after one block is made, not after a whole epoch).
+Blocks: the clip actors' output blocks close after a few batches (:func:`rows_per_block`), so clips stream to the
+trainer a block at a time (the first batch after one block is made, not after a whole epoch).
 """
 from __future__ import annotations
 
@@ -57,12 +57,16 @@ def in_order() -> "ray.data.ExecutionOptions":
                                      verbose_progress=ctx.verbose_progress)
 
 
+def clip_bytes(config: DataConfig) -> int:
+    """Bytes of one row's clips (uint8; ``num_repeats`` clips per train row)."""
+    return config.num_frames * config.input_size ** 2 * 3 * config.samples_per_row("train")
+
+
 def rows_per_block(config: DataConfig, min_block_bytes: int) -> int:
-    """Rows per block of the training stream: whole batches, the fewest whose clips (uint8) reach
-    ``min_block_bytes`` (Ray Data's ``target_min_block_size``, 1 MiB by default: smaller blocks cost more in
-    scheduling than they save in latency). One batch for paper-size clips; six for the demo's 8 x 32 x 32."""
-    clip_bytes = config.num_frames * config.input_size ** 2 * 3 * config.samples_per_row("train")
-    return config.batch_size * max(1, -(-min_block_bytes // (config.batch_size * clip_bytes)))
+    """Rows per block of the training stream: whole batches, the fewest whose clips reach ``min_block_bytes``
+    (Ray Data's ``target_min_block_size``, 1 MiB by default: smaller blocks cost more in scheduling than they save
+    in latency). One batch for paper-size clips; six for the demo's 8 x 32 x 32."""
+    return config.batch_size * max(1, -(-min_block_bytes // (config.batch_size * clip_bytes(config))))
 
 
 def training_stream(pipeline: ClipPipeline, rows_per_epoch: int, num_epochs: int,
@@ -86,12 +90,14 @@ def training_stream(pipeline: ClipPipeline, rows_per_epoch: int, num_epochs: int
     # One task at a time: each takes milliseconds, but every concurrent one started its own worker process
     # (importing torch), which on a laptop held the first batch back by ~40 s.
     rows = items.flat_map(rows_of, num_cpus=0.05, concurrency=1)
-    # A map task hands its clips on when its block is done, so an epoch-sized block held back the first batch of
-    # every epoch until the whole epoch was decoded; blocks of a few batches stream instead.
-    min_bytes = ray.data.DataContext.get_current().target_min_block_size
-    rows = rows.repartition(target_num_rows_per_block=rows_per_block(config, min_bytes))
-    return rows.map_batches(
+    clips = rows.map_batches(
         EpochClipBatchUDF, fn_constructor_kwargs={"config": config, "stats": pipeline.stats_actor},
         batch_size=config.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=config.num_actors_min, max_size=config.num_actors_max),
         num_cpus=config.actor_num_cpus, resources=dict(config.actor_resources) or None)
+    # A map task hands its clips on a block at a time, a block closing at target_max_block_size (128 MiB): a whole
+    # epoch of small clips, so the trainer waited for every epoch to be decoded. (A repartition step instead is a
+    # task that asks for a whole CPU, which two sweep trials on two cores never got.)
+    context = clips.context
+    context.target_max_block_size = rows_per_block(config, context.target_min_block_size) * clip_bytes(config)
+    return clips
