@@ -89,7 +89,7 @@ def training_stream(pipeline: ClipPipeline, rows_per_epoch: int, num_epochs: int
     items = ray.data.from_items([{"epoch": e} for e in range(num_epochs)], override_num_blocks=num_epochs)
     # One task at a time: each takes milliseconds, but every concurrent one started its own worker process
     # (importing torch), which on a laptop held the first batch back by ~40 s.
-    rows = items.flat_map(rows_of, num_cpus=0.05, concurrency=1)
+    rows = items.flat_map(rows_of, num_cpus=0.05, compute=ray.data.TaskPoolStrategy(size=1))
     clips = rows.map_batches(
         EpochClipBatchUDF, fn_constructor_kwargs={"config": config, "stats": pipeline.stats_actor},
         batch_size=config.batch_size, batch_format="numpy",
