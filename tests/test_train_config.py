@@ -130,7 +130,7 @@ def test_schedule_warmup_cosine_and_scaling():
 
 
 def test_run_length_counts_whole_global_batches_and_caps():
-    from sigma_ray.train.launch import run_length
+    from sigma_ray.train.config import run_length
 
     cfg = load_pretrain_config(TINY, ["train.epochs=3", "train.steps_per_epoch=null", "data.batch_size=4",
                                       "train.num_workers=2"])
@@ -179,7 +179,8 @@ def test_the_core_imports_no_ray():
     """The method core runs in a notebook, a unit test or on a machine without Ray (README's layer table)."""
     core = ["sigma_ray.model.sigma", "sigma_ray.model.release", "sigma_ray.masking", "sigma_ray.sinkhorn",
             "sigma_ray.losses", "sigma_ray.step", "sigma_ray.schedule", "sigma_ray.queue", "sigma_ray.weights",
-            "sigma_ray.train.checkpoint", "sigma_ray.data.synthetic"]
+            "sigma_ray.train.checkpoint", "sigma_ray.data.synthetic", "sigma_ray.data.leakage",
+            "sigma_ray.train.local", "sigma_ray.eval.readouts"]
     code = f"import importlib, sys; [importlib.import_module(m) for m in {core!r}]; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -6,9 +6,9 @@ Determinism: every sample is made by :class:`~sigma_ray.data.clips.ClipMaker` wi
 ``(seed, epoch, video_id, view)`` generator, so the pipeline gives exactly the plain iterator's clips and masks;
 only the order of samples may differ (compare by video id). Epochs reshuffle the rows with ``(seed, epoch)``.
 
-Skipped videos: each actor drops them from its output batch and reports (rows seen, [(path, reason)]) to one small
-:class:`~sigma_ray.data.stats.SkipStatsActor` per pipeline, which keeps the counts per epoch. The actor that pushes
-the count over ``max_skip_fraction`` (after ``skip_min_rows`` rows) raises SkipBoundError, which fails the dataset
+Skipped videos: each actor drops them from its output batch and reports (rows seen, [(path, reason)]) to one
+small :class:`~sigma_ray.data.stats_actor.SkipStatsActor` per pipeline, which keeps the counts per epoch. The actor
+that pushes the count over ``max_skip_fraction`` (after ``skip_min_rows`` rows) raises SkipBoundError, which fails the dataset
 for every consumer; :meth:`ClipPipeline.iter_torch_batches` checks the final count once more at the end. (The
 trainer's stream leaves the bound to the training loop, which stops all its workers together.)
 
@@ -39,7 +39,8 @@ from sigma_ray.data.clips import ClipMaker, Row, epoch_rows
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoDecodeError
 from sigma_ray.data.iterator import collate, has_views
-from sigma_ray.data.stats import ConsumerMeter, PipelineStats, SkipStatsActor
+from sigma_ray.data.stats import ConsumerMeter, PipelineStats
+from sigma_ray.data.stats_actor import SkipStatsActor
 
 
 def ensure_ray() -> None:

@@ -157,6 +157,21 @@ class PretrainConfig:
         return self.data.batch_size * self.train.accumulate_steps * self.train.num_workers
 
 
+def run_length(config: PretrainConfig, num_videos: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) of ``config`` on a train set of ``num_videos`` videos:
+    whole global batches per epoch (``train.steps_per_epoch`` caps it), ``train.epochs`` of them, capped by
+    ``train.max_steps``. Raises ConfigError when the set holds less than one global batch."""
+    tc = config.train
+    spe = num_videos // config.global_batch
+    if spe < 1:
+        raise ConfigError(f"the train set has {num_videos} videos, fewer than one global batch of "
+                          f"{config.global_batch} (data.batch_size x train.accumulate_steps x train.num_workers)")
+    if tc.steps_per_epoch is not None:
+        spe = min(spe, tc.steps_per_epoch)
+    total = tc.epochs * spe
+    return spe, total if tc.max_steps is None else min(total, tc.max_steps)
+
+
 def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                          **top: Any) -> PretrainConfig:
     """A PretrainConfig from an optional YAML file, ``section.field=value`` overrides (values parsed as YAML)

@@ -33,7 +33,7 @@ from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.ray_compat import autoscaling_enabled
 from sigma_ray.ray_session import init_ray
 from sigma_ray.train.checkpoint import load_model_state, prepare_resume, read_info
-from sigma_ray.train.config import PretrainConfig
+from sigma_ray.train.config import PretrainConfig, run_length
 from sigma_ray.train.rundir import (CONFIG_FILE, RunLock, check_resumable, config_changes, read_jsonl,
                                    record_changes)
 
@@ -147,21 +147,6 @@ def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
         with checkpoint.as_directory() as d:
             return export_from(d)
     return export_from(str(checkpoint))
-
-
-def run_length(config: PretrainConfig, num_videos: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total optimizer steps) of ``config`` on a train set of ``num_videos`` videos:
-    whole global batches per epoch (``train.steps_per_epoch`` caps it), ``train.epochs`` of them, capped by
-    ``train.max_steps``. Raises ConfigError when the set holds less than one global batch."""
-    tc = config.train
-    spe = num_videos // config.global_batch
-    if spe < 1:
-        raise ConfigError(f"the train set has {num_videos} videos, fewer than one global batch of "
-                          f"{config.global_batch} (data.batch_size x train.accumulate_steps x train.num_workers)")
-    if tc.steps_per_epoch is not None:
-        spe = min(spe, tc.steps_per_epoch)
-    total = tc.epochs * spe
-    return spe, total if tc.max_steps is None else min(total, tc.max_steps)
 
 
 def _read_text(dest: str) -> str | None:

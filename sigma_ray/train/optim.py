@@ -68,7 +68,7 @@ class Schedule:
 
 
 def make_schedule(train, total: int, global_batch: int) -> Schedule:
-    """The run's schedule from a TrainConfig over ``total`` optimizer steps (``launch.run_length``'s): warm-up
+    """The run's schedule from a TrainConfig over ``total`` optimizer steps (:func:`~sigma_ray.train.config.run_length`'s): warm-up
     the same fraction of the run as ``warmup_epochs / epochs``, lrs scaled by the global batch."""
     warmup = int(round(total * train.warmup_epochs / train.epochs))
     return Schedule(total, warmup, scaled_lr(train.base_lr, global_batch), scaled_lr(train.min_lr, global_batch),

@@ -36,8 +36,8 @@ from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
 from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.eval.knn import KnnProbe
 from sigma_ray.ray_session import init_ray
-from sigma_ray.train.config import PretrainConfig
-from sigma_ray.train.launch import check_cluster, pretrain, resolve_paths, run_length
+from sigma_ray.train.config import PretrainConfig, run_length
+from sigma_ray.train.launch import check_cluster, pretrain, resolve_paths
 from sigma_ray.tune import internals
 from sigma_ray.tune.config import (COLLAPSE_METRICS, RUN_DIR_ATTR, TUNE_ID_ATTR, IntRange,
                                    SweepConfig, trial_pretrain_config)
