@@ -161,12 +161,14 @@ def test_knn_probe_matches_the_evaluation_path_and_pickles_light(encoder, data_c
 
     from sigma_ray.eval.features import features_for_split
     from sigma_ray.eval.knn import KnnProbe, knn_eval
+    from sigma_ray.eval.metrics import effective_rank
 
     probe = KnnProbe(data_config, num_classes=4, k=5)
     got = probe(encoder)
     bank, queries = (features_for_split(encoder, data_config, split) for split in ("train", "val"))
     direct = knn_eval(bank, queries, 4, (5,))
-    assert got == {"knn_top1": direct["knn5_top1"], "knn_top5": direct["knn5_top5"]}
+    assert got == {"knn_top1": direct["knn5_top1"], "knn_top5": direct["knn5_top5"],
+                   "effective_rank": effective_rank(bank.feats)}
     assert probe(encoder) == got  # the cached clips give the same answer
     assert len(pickle.dumps(probe)) < 10_000  # the decoded clips stay behind
 

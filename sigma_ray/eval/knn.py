@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sigma_ray.data.config import DataConfig
 from sigma_ray.eval.features import Features, eval_batches, extract_features
 from sigma_ray.eval.linear import linear_probe
-from sigma_ray.eval.metrics import topk_accuracy
+from sigma_ray.eval.metrics import effective_rank, topk_accuracy
 
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
@@ -64,8 +64,9 @@ def knn_eval(train: Features, val: Features, num_classes: int, ks: tuple[int, ..
 
 
 class KnnProbe:
-    """``probe(encoder) -> {"knn_top1", "knn_top5"}``: kNN accuracy (percent) of the val split against the train
-    split's bank, both decoded in-process (no Ray) with single centred views. Picklable, so the trainer can run
+    """``probe(encoder) -> {"knn_top1", "knn_top5", "effective_rank"}``: kNN accuracy (percent) of the val split
+    against the train split's bank, both decoded in-process (no Ray) with single centred views, and the effective
+    rank of the bank's pooled features (how many directions the features use, followed over training). Picklable, so the trainer can run
     it on its rank-0 worker every ``train.probe_every`` steps (the sweep's intermediate score). With
     ``linear_epochs`` > 0 it also trains a linear probe (BatchNorm + linear, SGD, that many epochs) on the bank's
     features and adds its val accuracy, ``linear_top1`` / ``linear_top5``, and ``mean_top1``, the mean of the kNN
@@ -92,7 +93,8 @@ class KnnProbe:
         bank = extract_features(encoder, self._split("train"), device)
         queries = extract_features(encoder, self._split("val"), device)
         out = knn_eval(bank, queries, self.num_classes, (self.k,), self.temperature)
-        scores = {"knn_top1": out[f"knn{self.k}_top1"], "knn_top5": out[f"knn{self.k}_top5"]}
+        scores = {"knn_top1": out[f"knn{self.k}_top1"], "knn_top5": out[f"knn{self.k}_top5"],
+                  "effective_rank": effective_rank(bank.feats)}
         if self.linear_epochs:
             lin = linear_probe(bank, queries, self.num_classes, epochs=self.linear_epochs)
             scores.update(linear_top1=lin["linear_top1"], linear_top5=lin["linear_top5"],
