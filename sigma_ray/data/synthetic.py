@@ -9,14 +9,14 @@ Four kinds (``make_synthetic(kind=...)``):
   nothing about the class. The pattern repeats ``PATTERN_PERIODS`` times across the frame: with the demo's 32 px
   frames and 8 px patches, one period per patch, so the wall's part of a masked tube can be told from the visible
   tubes of the same time slice. That makes the pixel target learnable where it is not occluded (on ``scenes``
-  it is not, README "Does pretraining learn at laptop scale?"). One frame tells the pattern but not the direction.
+  it is not, docs/studies/patterns.md). One frame tells the pattern but not the direction.
 - ``scenes``: a camera pans over a static scene. The class is the scene's kind (appearance: round
   discs, or angular squares and crosses) *and* the pan direction (motion: left, right, up, down), 8 classes in
   all. Every video has its own scene (a smooth periodic background and 3-5 objects of random colour, size, place
   and angle) and a random start, so one frame tells the scene's kind but nothing about the direction; the pan is
   seen by every token. Scenes have edges and smooth shading and no pixel noise, meant to make a masked tube's
   content predictable from its neighbours and the motion; at the demo's budget the pixel baseline's loss still
-  stays at its trivial value (README, "Does pretraining learn at laptop scale?").
+  stays at its trivial value (docs/studies/patterns.md).
 - ``object``: one textured object from a shared pool on a textured background from a shared pool; the class
   is the object's motion (left, right, up, down, clockwise, counter-clockwise, approach, recede, fast left, fast
   right); a single frame is at chance.
@@ -27,6 +27,7 @@ relative to the output directory (the data config's ``root``).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,8 +281,139 @@ def pattern_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -
     return np.stack(out)
 
 
-KINDS = ("patterns", "scenes", "object", "camera")
-KIND_CLASSES = {"patterns": PATTERN_CLASSES, "scenes": SCENE_CLASSES, "object": CLASSES, "camera": CAMERA_CLASSES}
+MOTION_SPEEDS = {"slow": (0.8, 1.2), "fast": (2.0, 3.0)}   # pixels per frame at size 64 (scaled with the size)
+# Class c is speed c % 2 and direction c // 2, so the first 4 classes already need both factors.
+MOTION_CLASSES = tuple(f"{speed}_{d}" for d in PAN_DIRECTIONS for speed in MOTION_SPEEDS)
+MOTION_OBJECTS = (1, 2)           # moving objects per video, all with the class's velocity
+MOTION_RADIUS = (0.18, 0.28)      # object radius, fraction of the frame size
+MOTION_SHAPES = ("disc", "square", "cross")
+MOTION_BLUR = (1.5, 3.0)          # the background's Gaussian blur, pixels at size 32 (a camera focused on the
+                                  # objects; scaled with the size)
+MOTION_BACKGROUND_CONTRAST = (0.4, 0.8)   # the background's contrast around its mean, a fraction of its own
+SUPERSAMPLE = 4                   # rendered at 4x and box-filtered: anti-aliased edges, quarter-pixel motion
+
+
+def dead_leaves(rng: np.random.Generator, res: int, r_min: float, r_max: float) -> np.ndarray:
+    """Float (res, res, 3): a dead-leaves image, discs of radius ~ r^-3 on [r_min, r_max] pixels stacked at random
+    places. Its statistics are those of natural images (a ~1/f^2 power spectrum, sharp occluding edges, scale
+    invariance); each image has its own palette (a base colour, a tint of the leaves' brightness, colour noise)."""
+    n = int(6 * res * res / (math.pi * r_min * r_max))    # enough leaves to cover the image several times over
+    radii = 1 / np.sqrt(1 / r_min ** 2 - rng.uniform(size=n) * (1 / r_min ** 2 - 1 / r_max ** 2))
+    centres = rng.uniform(0, res, (n, 2))
+    base, tint = rng.uniform(60, 196, 3), rng.uniform(0.3, 1.0, 3)
+    colours = np.clip(base + 100 * rng.uniform(-1, 1, (n, 1)) * tint + rng.normal(0, 20, (n, 3)), 0, 255)
+    img = np.empty((res, res, 3))
+    img[:] = base
+    grid = np.arange(res) + 0.5
+    for (cx, cy), r, colour in zip(centres, radii, colours):
+        x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 1, res)
+        y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 1, res)
+        if x0 < x1 and y0 < y1:
+            inside = (grid[None, x0:x1] - cx) ** 2 + (grid[y0:y1, None] - cy) ** 2 < r * r
+            img[y0:y1, x0:x1][inside] = colour
+    return img
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of a (res, res, C) image on the torus, ``sigma`` in pixels (by FFT: no SciPy needed)."""
+    f = np.fft.fftfreq(img.shape[0])
+    gain = np.exp(-2 * (math.pi * sigma) ** 2 * (f[:, None] ** 2 + f[None, :] ** 2))
+    return np.real(np.fft.ifft2(np.fft.fft2(img, axes=(0, 1)) * gain[..., None], axes=(0, 1)))
+
+
+def _slide(background: np.ndarray, objects: list, velocity: tuple[float, float], frames: int, size: int
+           ) -> np.ndarray:
+    """uint8 (frames, size, size, 3): ``objects`` (shape, centre x, centre y, radius, angle, texture; supersampled
+    pixels) sliding at ``velocity`` (supersampled pixels per frame) over a static supersampled ``background``, each
+    texture moving with its object, on the torus, centred on the video's middle frame; box-filtered to ``size``."""
+    res = background.shape[0]
+    yy, xx = np.mgrid[0:res, 0:res].astype(np.float64) + 0.5
+    out = []
+    for t in range(frames):
+        # whole supersampled pixels, so that the texture and the outline move together
+        sx, sy = (round(v * (t - (frames - 1) / 2)) for v in velocity)
+        img = background.copy()
+        for shape, cx, cy, radius, angle, texture in objects:
+            inside = _placed_shape(shape, xx - cx - sx, yy - cy - sy, res, radius, angle)
+            img[inside] = np.roll(texture, (sy, sx), axis=(0, 1))[inside]
+        small = img.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
+        out.append(np.clip(np.rint(small), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def motion_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (frames, size, size, 3) of ``MOTION_CLASSES[cls]``: 1-2 objects of random shape, size and angle, each
+    covered with its own dead-leaves texture, sliding in the class's direction at a speed drawn from the class's
+    range, over a static, blurred, low-contrast dead-leaves background; every object's position at the video's
+    middle frame is uniform on the torus, so no single frame tells the class. Appearance (shapes, textures,
+    palettes, blur) is drawn independently of the class: only the motion names it."""
+    speed_name, direction = list(MOTION_SPEEDS)[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
+    dx, dy = PAN_DIRECTIONS[direction]
+    res = size * SUPERSAMPLE
+    background = _blur(dead_leaves(rng, res, SUPERSAMPLE, res / 3), rng.uniform(*MOTION_BLUR) * res / 32)
+    mean = background.mean(axis=(0, 1))
+    background = mean + rng.uniform(*MOTION_BACKGROUND_CONTRAST) * (background - mean)
+    speed = rng.uniform(*MOTION_SPEEDS[speed_name]) * size / 64 * SUPERSAMPLE     # supersampled pixels per frame
+    objects = [(MOTION_SHAPES[int(rng.integers(len(MOTION_SHAPES)))], *rng.uniform(0, res, 2),
+                rng.uniform(*MOTION_RADIUS) * res, rng.uniform(0, 2 * math.pi),
+                dead_leaves(rng, res, SUPERSAMPLE / 2, res / 6))
+               for _ in range(int(rng.integers(MOTION_OBJECTS[0], MOTION_OBJECTS[1] + 1)))]
+    return _slide(background, objects, (speed * dx, speed * dy), frames, size)
+
+
+SHAPE_KINDS = ("disc", "cross")
+# Class c is the object's shape c % 2 and its direction c // 2.
+SHAPE_CLASSES = tuple(f"{shape}_{d}" for d in PAN_DIRECTIONS for shape in SHAPE_KINDS)
+SHAPE_SPEED = (1.0, 3.0)          # pixels per frame at size 64 (scaled with the size), class-neutral
+SHAPE_RADIUS = (0.2, 0.3)         # object radius, fraction of the frame size
+
+
+def fractal_noise(rng: np.random.Generator, res: int, exponent: float) -> np.ndarray:
+    """Float (res, res, 3): random-phase noise with a power spectrum ~ 1/f^exponent in each of three channels,
+    mixed by a random colour matrix around a random base colour (seamless on the torus)."""
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(res), np.fft.fftfreq(res)))
+    amplitude = np.where(f > 0, f, np.inf) ** (-exponent / 2)
+    spectrum = amplitude[..., None] * np.exp(2j * math.pi * rng.uniform(size=(res, res, 3)))
+    noise = np.real(np.fft.ifft2(spectrum, axes=(0, 1)))
+    noise /= noise.std(axis=(0, 1))
+    return rng.uniform(70, 186, 3) + noise @ rng.normal(0, 22, (3, 3))
+
+
+def shapes_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (frames, size, size, 3) of ``SHAPE_CLASSES[cls]``: one disc or cross (appearance) of random size and
+    angle, covered with a smooth fractal texture, sliding in one of four directions (motion) at a random speed over
+    a static, blurred fractal background, its position at the middle frame uniform on the torus. The held-out
+    family of the transfer study (docs/studies/transfer.md): its textures are not dead leaves, its class needs
+    the object's shape and its motion, and nothing was tuned on it."""
+    shape, direction = SHAPE_KINDS[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
+    dx, dy = PAN_DIRECTIONS[direction]
+    res = size * SUPERSAMPLE
+    background = _blur(fractal_noise(rng, res, rng.uniform(2.0, 3.0)), rng.uniform(1.0, 2.0) * res / 32)
+    speed = rng.uniform(*SHAPE_SPEED) * size / 64 * SUPERSAMPLE
+    objects = [(shape, *rng.uniform(0, res, 2), rng.uniform(*SHAPE_RADIUS) * res, rng.uniform(0, 2 * math.pi),
+                fractal_noise(rng, res, rng.uniform(1.5, 2.5)))]
+    return _slide(background, objects, (speed * dx, speed * dy), frames, size)
+
+
+KINDS = ("patterns", "motion", "shapes", "scenes", "object", "camera")
+KIND_CLASSES = {"patterns": PATTERN_CLASSES, "motion": MOTION_CLASSES, "shapes": SHAPE_CLASSES,
+                "scenes": SCENE_CLASSES, "object": CLASSES, "camera": CAMERA_CLASSES}
+# The kinds whose class is a product of two factors: class c has the first factor's value c % 2 and the second's
+# c // 2 (written to factors.json for the evaluation's factor probes, sigma_ray.eval.readouts).
+KIND_FACTORS = {"patterns": {"pattern": PATTERN_KINDS, "direction": tuple(PAN_DIRECTIONS)},
+                "motion": {"speed": tuple(MOTION_SPEEDS), "direction": tuple(PAN_DIRECTIONS)},
+                "shapes": {"shape": SHAPE_KINDS, "direction": tuple(PAN_DIRECTIONS)},
+                "scenes": {"scene": tuple(SCENE_KINDS), "direction": tuple(PAN_DIRECTIONS)}}
+
+
+def class_factors(kind: str, num_classes: int) -> dict[str, dict[str, list]]:
+    """``{factor: {"values": names, "of_class": [value index of class 0, 1, ...]}}`` for the first
+    ``num_classes`` classes of ``kind``; ``{}`` for kinds whose class is not a product of factors."""
+    out = {}
+    for i, (name, values) in enumerate(KIND_FACTORS.get(kind, {}).items()):
+        of_class = [c % 2 if i == 0 else c // 2 for c in range(num_classes)]
+        out[name] = {"values": list(values[:max(of_class) + 1]), "of_class": of_class}
+    return out
 
 
 def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: int = 40, val_per_class: int = 10,
@@ -303,7 +435,7 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
         raise ValueError(f"size = {size} must be an even number >= 16")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    if kind not in ("scenes", "patterns"):
+    if kind not in ("scenes", "patterns", "motion", "shapes"):
         pool_rng = np.random.default_rng([seed, 0])
         backgrounds = [_smooth_texture(pool_rng, size, cells=int(pool_rng.integers(4, 9))) for _ in range(pool)]
         objects = [_object(pool_rng, 32) for _ in range(pool)]
@@ -318,6 +450,10 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
                 video = scene_frames(cls, frames, size, rng)
             elif kind == "patterns":
                 video = pattern_frames(cls, frames, size, rng)
+            elif kind == "motion":
+                video = motion_frames(cls, frames, size, rng)
+            elif kind == "shapes":
+                video = shapes_frames(cls, frames, size, rng)
             else:
                 bg = backgrounds[int(rng.integers(pool))]
                 tex, shape = objects[int(rng.integers(pool))]
@@ -329,6 +465,10 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
         paths[split] = str(out / f"{split}.csv")
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in names[:num_classes]))
     paths["classes"] = str(out / "classes.txt")
+    factors = class_factors(kind, num_classes)
+    if factors:
+        (out / "factors.json").write_text(json.dumps({"kind": kind, "factors": factors}, indent=1))
+        paths["factors"] = str(out / "factors.json")
     return paths
 
 
