@@ -328,3 +328,56 @@ def test_sigma_and_pixel_models_start_from_the_same_encoder_under_one_seed():
         torch.manual_seed(3)
         encoders.append(build_model(cfg, ObjectiveConfig(kind=kind, num_prototypes=16)).encoder.state_dict())
     assert all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
+
+
+def test_tube_motion_is_the_normalized_tubes_frame_differences():
+    """A static clip has none; a clip whose second frame of every tubelet is the first shifted has exactly the
+    standardized difference, in the tube's own units (float64 reference)."""
+    from sigma_ray.model.projection import tube_motion
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (1, 3, 1, 32, 32)).astype(np.float64)
+    static = torch.from_numpy(np.repeat(frames, 4, axis=2))                       # 4 equal frames
+    tubes = normalize_tubes(tube_pixels(static, 2, 8), pixel_std=None)
+    assert tube_motion(tubes, 2).abs().max() == 0 and tube_motion(tubes, 2).shape == (1, 2 * 16, 8 * 8 * 3)
+    moving = torch.from_numpy(np.concatenate([frames, np.roll(frames, 1, axis=-1)], axis=2))
+    tubes = normalize_tubes(tube_pixels(moving, 2, 8), pixel_std=None).double()
+    x = tube_pixels(moving, 2, 8).double().unflatten(-1, (2, 64, 3))
+    std = x.flatten(2, 3).std(dim=2, keepdim=True).unsqueeze(2)
+    ref = ((x[:, :, 1] - x[:, :, 0]) / (std[:, :, 0] + 1e-6)).flatten(2)
+    assert torch.allclose(tube_motion(tubes, 2), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["sigma_mlp", "videomae"])
+def test_target_motion_widens_the_target_side(kind):
+    torch.manual_seed(0)
+    model = SigmaModel(TINY, ObjectiveConfig(kind=kind, num_prototypes=32, target_motion=True))
+    width = TINY.tube_pixels + TINY.tube_pixels // TINY.tubelet            # the tube and one difference frame
+    if kind == "sigma_mlp":
+        assert model.projection.mlp[0].in_features == width
+    else:
+        assert model.video.decoder.head.out_features == width
+    batch = make_batch(TINY, 2)
+    assert torch.isfinite(model(normalize_clips(batch["clips"]), batch["masks"])["loss"])
+    with pytest.raises(ConfigError, match="tubelet"):
+        SigmaModel(ModelConfig(size="tiny", num_frames=4, img_size=64, tubelet=1),
+                   ObjectiveConfig(kind=kind, target_motion=True))
+    with pytest.raises(ConfigError, match="target_motion"):
+        from_dict(ObjectiveConfig, {"kind": "videomae", "normalize_target": False, "target_motion": True})
+
+
+def test_a_frozen_projection_keeps_its_initial_weights_while_the_prototypes_learn():
+    from sigma_ray.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = SigmaModel(TINY, ObjectiveConfig(num_prototypes=32, freeze_projection=True))
+    before = {k: v.clone() for k, v in model.projection.state_dict().items()}
+    prototypes = model.prototypes.weight.detach().clone()
+    optimizer = build_optimizer(model, 1e-3, 0.05, (0.9, 0.95))
+    assert not any(p is q for g in optimizer.param_groups for p in g["params"] for q in model.projection.parameters())
+    for seed in range(3):
+        train_step(model, make_batch(TINY, 2, seed=seed), optimizer)
+    assert all(torch.equal(v, model.projection.state_dict()[k]) for k, v in before.items())
+    assert not torch.allclose(prototypes, model.prototypes.weight)
+    with pytest.raises(ConfigError, match="freeze_projection"):
+        from_dict(ObjectiveConfig, {"kind": "videomae", "freeze_projection": True})

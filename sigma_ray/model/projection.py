@@ -51,13 +51,25 @@ def raw_tubes(tubes: torch.Tensor, channels: int = 3) -> torch.Tensor:
     return (x * std + mean).flatten(-2)
 
 
+def tube_motion(normalized: torch.Tensor, tubelet: int) -> torch.Tensor:
+    """The frame-to-frame differences inside each tube, ``... x ((tubelet-1)*patch*patch*3)``, from normalized tubes
+    ``... x (tubelet*patch*patch*3)`` (:func:`normalize_tubes`): zero for a static tube, the moving edges for a tube
+    that something crosses, in the tube's own standardized units."""
+    frames = normalized.unflatten(-1, (tubelet, -1))
+    return (frames[..., 1:, :] - frames[..., :-1, :]).flatten(-2)
+
+
 class PixelTubeMLP(nn.Module):
-    """SIGMA-MLP's projection: normalized tube pixels -> 1024 -> 1024 -> 512 -> D with GELU."""
+    """SIGMA-MLP's projection: normalized tube pixels -> 1024 -> 1024 -> 512 -> D with GELU.
+
+    ``motion=True`` also feeds the tube's frame-to-frame differences (:func:`tube_motion`; ``in_dim`` must count
+    them): the same pixels, with the motion inside the tube as inputs of their own rather than a small difference
+    between two large ones (``objective.target_motion``; the paper's input is the tube alone)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...] = (1024, 1024, 512), tubelet: int = 2,
-                 patch: int = 16):
+                 patch: int = 16, motion: bool = False):
         super().__init__()
-        self.tubelet, self.patch = tubelet, patch
+        self.tubelet, self.patch, self.motion = tubelet, patch, motion
         dims = (in_dim, *hidden)
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -66,8 +78,10 @@ class PixelTubeMLP(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, clips: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
-        tubes = gather_tokens(tube_pixels(clips, self.tubelet, self.patch), masked_idx)
-        return self.mlp(normalize_tubes(tubes).to(clips.dtype))
+        tubes = normalize_tubes(gather_tokens(tube_pixels(clips, self.tubelet, self.patch), masked_idx))
+        if self.motion:
+            tubes = torch.cat([tubes, tube_motion(tubes, self.tubelet)], dim=-1)
+        return self.mlp(tubes.to(clips.dtype))
 
 
 class TeacherProjection(nn.Module):

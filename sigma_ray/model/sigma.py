@@ -10,7 +10,7 @@ from torch import nn
 from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.losses import PixelMSELoss, SwappedPredictionLoss
 from sigma_ray.model.projection import PixelTubeMLP, Prototypes, TeacherProjection, normalize_tubes, raw_tubes, \
-    tube_pixels
+    tube_motion, tube_pixels
 from sigma_ray.model.vit import ModelConfig, VideoMAE, gather_tokens, split_indices
 from sigma_ray.queue import FeatureQueue
 from sigma_ray.sinkhorn import codes_per_clip
@@ -30,7 +30,13 @@ class ObjectiveConfig:
     :mod:`sigma_ray.queue`), from training batch ``queue_start`` on; ``freeze_prototypes`` keeps the prototypes
     fixed for that many training batches (SwAV's ``freeze_prototypes_niters``). Training batches are forward
     passes in training mode (optimizer steps x ``train.accumulate_steps``). ``projection_hidden``: the widths of
-    SIGMA-MLP's hidden layers (the paper's 1024, 1024, 512 for ViT-S/B).
+    SIGMA-MLP's hidden layers (the paper's 1024, 1024, 512 for ViT-S/B). ``target_motion`` adds the differences
+    between a masked tube's consecutive frames (:func:`~sigma_ray.model.projection.tube_motion`) to what the target
+    side reads: SIGMA-MLP's projection input, or VideoMAE's pixel target (then the decoder predicts them too). Off
+    in the paper (the tube alone); needs a tubelet of 2 or more and standardized tubes. ``freeze_projection`` keeps
+    SIGMA-MLP's projection at its random initial weights (only the prototypes learn on the target side, as with
+    SIGMA-DINO's frozen teacher): its codes then cluster fixed random features of the tubes, which keep what the
+    tube holds (its motion included), instead of features trained to be predictable from the visible tubes.
     """
 
     kind: ObjectiveKind = "sigma_mlp"
@@ -44,6 +50,8 @@ class ObjectiveConfig:
     teacher_model: str = "vit_base_patch16_224.dino"
     teacher_checkpoint: str | None = None
     projection_hidden: tuple[int, ...] = (1024, 1024, 512)
+    target_motion: bool = False
+    freeze_projection: bool = False
     queue_length: int = 0
     queue_start: int = 0
     freeze_prototypes: int = 0
@@ -64,6 +72,11 @@ class ObjectiveConfig:
         if not self.normalize_target and self.kind != "videomae":
             raise ConfigError(f"normalize_target = False applies to kind = 'videomae' only, not {self.kind!r} "
                               "(SIGMA-MLP's projection reads standardized tubes)")
+        if self.target_motion and (self.kind == "sigma_dino" or not self.normalize_target):
+            raise ConfigError("target_motion applies to SIGMA-MLP's projection and to VideoMAE's standardized pixel "
+                              f"target, not to kind = {self.kind!r} with normalize_target = {self.normalize_target}")
+        if self.freeze_projection and self.kind != "sigma_mlp":
+            raise ConfigError(f"freeze_projection applies to kind = 'sigma_mlp' only, not {self.kind!r}")
         if self.kind == "sigma_dino" and not self.teacher_checkpoint:
             raise ConfigError("teacher_checkpoint must name a local weights file when kind = 'sigma_dino'")
 
@@ -89,7 +102,7 @@ class SigmaModel(nn.Module):
                        if objective.queue_length and objective.kind != "videomae" else {})
         if objective.kind == "videomae":
             self.projection, self.prototypes = None, None
-            self.video = VideoMAE(model, model.tube_pixels)
+            self.video = VideoMAE(model, target_width(model, objective.target_motion))
             self.loss = PixelMSELoss()
             return
         if objective.kind == "sigma_dino":
@@ -99,8 +112,10 @@ class SigmaModel(nn.Module):
         else:
             # The video model first: under one seed, SIGMA-MLP and the pixel baseline start from the same encoder.
             self.video = VideoMAE(model, objective.feature_dim)
-            self.projection = PixelTubeMLP(model.tube_pixels, objective.feature_dim, objective.projection_hidden,
-                                           tubelet=model.tubelet, patch=model.patch)
+            self.projection = PixelTubeMLP(target_width(model, objective.target_motion), objective.feature_dim,
+                                           objective.projection_hidden, tubelet=model.tubelet, patch=model.patch,
+                                           motion=objective.target_motion)
+            self.projection.requires_grad_(not objective.freeze_projection)
         self.prototypes = Prototypes(objective.num_prototypes, self.video.decoder.head.out_features)
         self.loss = SwappedPredictionLoss(objective.num_prototypes, objective.temperature, objective.sinkhorn_eps,
                                           objective.sinkhorn_iterations, objective.hard_codes, objective.gather)
@@ -115,7 +130,12 @@ class SigmaModel(nn.Module):
         pred = self.video(clips, visible_idx, masked_idx)  # B x Nm x D
         if self.prototypes is None:
             tubes = gather_tokens(tube_pixels(clips, self.config.tubelet, self.config.patch), masked_idx)
-            return self.loss(pred, normalize_tubes(tubes) if self.objective.normalize_target else raw_tubes(tubes))
+            if not self.objective.normalize_target:
+                return self.loss(pred, raw_tubes(tubes))
+            target = normalize_tubes(tubes)
+            if self.objective.target_motion:
+                target = torch.cat([target, tube_motion(target, self.config.tubelet)], dim=-1)
+            return self.loss(pred, target)
         self.prototypes.normalize_()
         target = self.projection(clips, masked_idx)
         levers = bool(self.queues) or self.objective.freeze_prototypes > 0
@@ -157,6 +177,17 @@ class SigmaModel(nn.Module):
     def load_queue_state_dict(self, state: dict[str, dict[str, torch.Tensor]], device: torch.device | str) -> None:
         for side, q in self.queues.items():
             q.load_state_dict(state.get(side, {}), device)
+
+
+def target_width(model: ModelConfig, motion: bool) -> int:
+    """Values per masked tube on the target side: its pixels, plus its frame-to-frame differences with ``motion``.
+    Raises ConfigError for ``motion`` with a one-frame tubelet (a tube has no differences then)."""
+    if not motion:
+        return model.tube_pixels
+    if model.tubelet < 2:
+        raise ConfigError(f"objective.target_motion needs model.tubelet >= 2 (the differences between a tube's "
+                          f"frames), not {model.tubelet}")
+    return model.tube_pixels * (2 * model.tubelet - 1) // model.tubelet
 
 
 def build_model(model: ModelConfig = ModelConfig(), objective: ObjectiveConfig = ObjectiveConfig()) -> SigmaModel:
