@@ -50,9 +50,16 @@ def _demo(args: argparse.Namespace) -> int:
     from sigma_ray.config import ConfigError
     from sigma_ray.demo import DemoConfig, quick_config, run_demo, with_overrides
 
+    from sigma_ray.data.synthetic import KINDS
+
     base = quick_config() if args.quick else DemoConfig()
     changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps), ("seeds", args.seeds))
                if v is not None}
+    if args.data is not None:
+        name = args.data if args.data in KINDS else Path(args.data).resolve().name
+        changes.update({"data_kind": args.data} if args.data in KINDS else {"data_dir": args.data})
+        if args.out is None and name != base.data_kind:   # each set its own runs
+            changes["out_dir"] = f"{base.out_dir}_{name}"
     try:
         run_demo(with_overrides(dataclasses.replace(base, **changes), args.set))
     except ConfigError as e:
@@ -160,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="seeds to run, each with its own initial weights, data "
                    "order and masks; the table shows mean +- std (default 1)")
     p.add_argument("--quick", action="store_true", help="the smallest end-to-end run (about a minute)")
+    p.add_argument("--data", default=None, metavar="FAMILY_OR_DIR",
+                   help="the data set: a synthetic family (patterns, the default; motion: objects whose motion "
+                        "alone names the class; shapes: shape x direction), written under OUT/synthetic, or a "
+                        "directory with VideoMAE lists train.csv / val.csv (paths relative to it). The output "
+                        "directory defaults to runs/demo_NAME for anything but patterns")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any sigma_ray.demo.DemoConfig field, e.g. sigma.queue_length=0, "
                    "pixels.normalize_target=false, supervised=false (repeatable)")
@@ -183,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kind", default="patterns", choices=KINDS,
-                   help="patterns: wall pattern x camera pan (the demo's); scenes: scene kind x camera pan; "
-                        "object: object motion; camera: 8 pans")
+                   help="patterns: wall pattern x camera pan (the demo's); motion: object speed x direction over "
+                        "natural-image-like textures; shapes: object shape x direction; scenes: scene kind x camera "
+                        "pan; object: object motion; camera: 8 pans")
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser("import", help="released SIGMA/VideoMAE or transformers VideoMAE weights -> sigma-ray files",

@@ -1,17 +1,21 @@
 """The embedded demo (``make demo`` / ``sigma-ray demo``): does SIGMA learn, on a laptop CPU, in minutes?
 
-1. Writes the synthetic ``patterns`` set (:mod:`sigma_ray.data.synthetic`): 8 classes = the wall's pattern
-   (appearance) x the camera's pan direction (motion), with two class-neutral objects in front.
+1. Writes the data set: by default the synthetic ``patterns`` set (:mod:`sigma_ray.data.synthetic`: 8 classes =
+   the wall's pattern (appearance) x the camera's pan direction (motion)); ``data_kind="motion"`` is the family
+   whose class is the motion of objects alone, ``data_dir`` any set of one's own (VideoMAE lists).
 2. For each seed, pretrains the same video model on the local Ray twice at equal compute (the same steps, batch,
-   clips, schedule and initial weights): SIGMA-MLP and the VideoMAE pixel baseline, each with the settings its
-   own sweep chose (README). A kNN probe runs every ``probe_every`` steps inside the training loop.
+   clips, schedule and initial weights): SIGMA-MLP and the VideoMAE pixel baseline, each with its own settings
+   (:class:`SigmaSettings`, :class:`PixelSettings`). A kNN probe runs every ``probe_every`` steps inside the
+   training loop. The steps are ``steps`` whatever the set's size.
 3. Trains the same encoder from the same initial weights *with the labels* for the same steps on the same clips
    (the supervised bound: how much this small ViT can learn from this budget at all).
-4. Evaluates SIGMA-MLP, VideoMAE, the random initial weights and the supervised encoder by kNN (k = 20, 200) and
-   linear probe on the val split, and the effective rank of their pooled features.
-5. Prints the table (mean +- std over seeds, and every seed's row) with the verdict on the ordering SIGMA-MLP >
+4. Evaluates SIGMA-MLP, VideoMAE, the random initial weights and the supervised encoder on the val split: kNN
+   (k = 20, 200) and linear probe on mean-pooled features, the same on per-time-slice features, an attentive
+   probe, the factors of the class one by one (when the set has factors), and the effective rank.
+5. Prints the tables (mean +- std over seeds, and every seed's row) with the verdict on the ordering SIGMA-MLP >
    VideoMAE > random init, and writes ``report.md`` with the plots: loss curves with the pixel target's trivial
-   loss, both sides' prototype usage, the codes per clip, kNN during training, and a strip of one clip's codes.
+   loss, both sides' prototype usage, the codes per clip, kNN and the effective rank during training, and a strip
+   of one clip's codes.
 
 Everything lands in ``out_dir`` (default ``runs/demo``): ``synthetic/``, one run directory per method and seed,
 ``results.json``, ``report.md`` and the PNGs. Running it again reuses finished runs (their checkpoints).
@@ -31,7 +35,7 @@ import torch
 
 from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, merge_overrides
 from sigma_ray.data.config import DataConfig
-from sigma_ray.data.synthetic import KINDS, SyntheticConfig, ensure_synthetic
+from sigma_ray.data.synthetic import KINDS, SyntheticConfig, class_factors, ensure_synthetic
 from sigma_ray.eval.features import eval_batches, extract_features
 from sigma_ray.eval.knn import KnnProbe, knn_eval
 from sigma_ray.eval.linear import linear_probe
@@ -41,15 +45,20 @@ from sigma_ray.train.config import PretrainConfig
 METHODS = {"sigma_mlp": "SIGMA-MLP", "videomae": "VideoMAE (pixels)", "random": "random init",
            "supervised": "supervised (labels)"}
 PRETRAINED = ("sigma_mlp", "videomae")
-METRICS = ("knn20_top1", "knn200_top1", "linear_top1", "linear_top5", "effective_rank")
+# The main table's columns: the standard readouts (mean pooling), the two that keep time, the effective rank.
+COLUMNS = {"knn20_top1": "kNN k=20", "knn200_top1": "kNN k=200", "linear_top1": "linear", "time_knn20_top1":
+           "time-slice kNN k=20", "time_linear_top1": "time-slice linear", "attentive_top1": "attentive",
+           "effective_rank": "effective rank"}
 
 
 @dataclass(frozen=True)
 class SigmaSettings:
-    """SIGMA-MLP's settings in the demo: of the three sweep rounds experiments/configs/sweep_demo_sigma.yaml,
-    sweep_demo_sigma_r2.yaml and sweep_demo_sigma_r3.yaml, the three best trials by the mean of kNN and linear
-    top-1 were run with two more seeds, and this is the one with the best three-seed mean (round 2's trial 6,
-    rounded to 3 digits; README, "The demo's settings"); the rest are the paper's or the sweep's base."""
+    """SIGMA-MLP's settings in the demo. lr, mask ratio, K and temperature: of the three sweep rounds
+    experiments/configs/sweep_demo_sigma*.yaml, the best three-seed mean of kNN and linear top-1 (round 2's trial
+    6, rounded to 3 digits; docs/studies/patterns.md, "The demo's settings"). A frozen projection and soft codes:
+    the best of seven one-lever changes on both tuning copies, ``patterns`` and ``motion`` (docs/studies/
+    transfer.md); the jointly trained projection of the paper threw the motion of moving objects away, and hard
+    codes of an untrained projection lost to soft ones. The rest are the paper's."""
 
     lr: float = 0.00708                   # base lr, x batch / 256
     mask_ratio: float = 0.808
@@ -57,12 +66,14 @@ class SigmaSettings:
     temperature: float = 0.129
     sinkhorn_iterations: int = 10
     sinkhorn_eps: float = 0.05
-    hard_codes: bool = True
+    hard_codes: bool = False              # SwAV's soft codes (the paper's release: hard)
     queue_length: int = 0
     queue_start: int = 0
     freeze_prototypes: int = 0
     feature_dim: int = 256
     projection_hidden: tuple[int, ...] = (1024, 1024, 512)
+    target_motion: bool = False
+    freeze_projection: bool = True        # a fixed random projection (the paper trains it)
 
     def validate(self) -> None:
         check_range("lr", self.lr, 0.0, lo_open=True)
@@ -78,6 +89,7 @@ class PixelSettings:
     lr: float = 0.0075
     mask_ratio: float = 0.759
     normalize_target: bool = True         # False: raw [0, 1] pixel targets (objective.normalize_target)
+    target_motion: bool = False           # also predict each tube's frame-to-frame differences
 
     def validate(self) -> None:
         check_range("lr", self.lr, 0.0, lo_open=True)
@@ -86,7 +98,7 @@ class PixelSettings:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's knobs; the defaults are ``make demo`` (one seed, about 11 minutes on a 2-core CPU, README).
+    """The demo's knobs; the defaults are ``make demo`` (one seed, about 11 minutes on a 2-core CPU).
 
     Compute per method and seed: ``steps x batch_size`` clips of ``num_frames x size x size``. Seed ``s`` of
     ``seed .. seed + seeds - 1`` sets the initial weights, the data order, the crops and the masks; the data set
@@ -96,7 +108,12 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     seeds: int = 1
     seed: int = 0
+    # The data set: a synthetic family (sigma_ray.data.synthetic.KINDS) written under out_dir/synthetic from the
+    # fields below, or ``data_dir``, a directory of your own with VideoMAE lists train.csv and val.csv (``path
+    # label`` lines, paths relative to it) and optionally factors.json (factor probes). Either way the steps are
+    # ``steps``, whatever the set's size, and the classes are the lists' labels.
     data_kind: str = "patterns"
+    data_dir: str | None = None
     num_classes: int = 8
     train_per_class: int = 200
     val_per_class: int = 50
@@ -106,15 +123,19 @@ class DemoConfig:
     model_size: str = "micro"
     num_frames: int = 8
     sampling_rate: int = 2
+    tubelet: int = 2
     patch: int = 8
     # Crop scales of the train clips (data.scales). VideoMAE's multi-scale crop (1, 0.875, 0.75, 0.66) rescales
     # the wall's pattern, so its period no longer matches the patch and the pixel target of a masked tube is no
-    # longer inferable (README, "Does pretraining learn at laptop scale?"); the demo trains on uncropped clips.
+    # longer inferable (docs/studies/patterns.md); the demo trains on uncropped clips.
     crop_scales: tuple[float, ...] = (1.0,)
-    pos_embed: str = "sinusoid_1d"
+    # Time, height and width encoded apart: better for both methods on both tuning copies than the releases' 1-D
+    # table over the flattened index (docs/studies/transfer.md); encoders trained with it export to sigma-ray's
+    # format only (transformers' VideoMAE knows the 1-D table alone).
+    pos_embed: str = "sincos_3d"
     # Twice the steps of the sweeps' trials (1,200), the same 120-step warm-up: at 1,200 steps SIGMA-MLP trailed
-    # VideoMAE on kNN on the tuning copy in every seed, at 2,400 it led on the mean of both probes (README,
-    # "Around the demo's settings"). Both methods get the same budget.
+    # VideoMAE on kNN on the tuning copy in every seed, at 2,400 it led on the mean of both probes
+    # (docs/studies/patterns.md, "Around the demo's settings"). Both methods get the same budget.
     steps: int = 2400
     batch_size: int = 8
     warmup_steps: int = 120
@@ -122,11 +143,12 @@ class DemoConfig:
     probe_per_class: int = 20             # the in-training kNN probe's bank and queries per class (the final
                                           # evaluation uses the whole train and val splits)
     linear_epochs: int = 100
+    attentive_epochs: int = 30
     torch_threads: int | None = None
     decode_cache_mb: float = 512.0        # per process (data.decode_cache_mb): the 1,600 train videos take 157 MB
     supervised: bool = True
     # base lr of the supervised bound: the best of 0.006, 0.012, 0.024 by its own head's val top-1 on the tuning
-    # copy (data seed 1), mean of 3 seeds (README, "The demo's settings")
+    # copy (data seed 1), mean of 3 seeds (docs/studies/patterns.md, "The demo's settings")
     supervised_lr: float = 0.006
     sigma: SigmaSettings = field(default_factory=SigmaSettings)
     pixels: PixelSettings = field(default_factory=PixelSettings)
@@ -142,6 +164,7 @@ class DemoConfig:
         check_range("batch_size", self.batch_size, 1)
         check_range("probe_every", self.probe_every, 1)
         check_range("probe_per_class", self.probe_per_class, 1)
+        check_range("attentive_epochs", self.attentive_epochs, 1)
         check_range("supervised_lr", self.supervised_lr, 0.0, lo_open=True)
         check_range("decode_cache_mb", self.decode_cache_mb, 0.0, 2.0**20)
         if self.torch_threads is not None:
@@ -179,12 +202,60 @@ def run_name(kind: str, seed: int) -> str:
     return f"{kind}_seed{seed}"
 
 
-def pretrain_config(demo: DemoConfig, kind: str, seed: int | None = None) -> PretrainConfig:
-    """The pretraining run of one method (``sigma_mlp`` or ``videomae``) and seed on the demo's synthetic set."""
+@dataclass(frozen=True)
+class DemoData:
+    """The set the demo runs on, as it is on disk (or as the generator will write it)."""
+
+    name: str                             # the synthetic family or the directory's name
+    root: str                             # holds train.csv and val.csv
+    num_classes: int
+    num_train: int                        # train videos: what an epoch is made of
+    num_val: int
+    factors: dict[str, list[int]]         # {factor: its value for each class}; {} when the set has none
+
+
+def demo_data(demo: DemoConfig) -> DemoData:
+    """``demo``'s data set: read from its lists when they exist (``data_dir``, or a synthetic set already written),
+    else what the synthetic generator will write. Raises ConfigError when ``data_dir`` lacks its lists."""
+    from sigma_ray.eval.readouts import read_factors
+
+    if demo.data_dir is not None:
+        root = Path(demo.data_dir).resolve()
+        missing = [n for n in ("train.csv", "val.csv") if not (root / n).is_file()]
+        if missing:
+            raise ConfigError(f"data_dir = {demo.data_dir!r} has no {' or '.join(missing)} (VideoMAE lists, "
+                              "`path label` per line)")
+        name, factors = root.name, read_factors(root)
+    else:
+        root = Path(demo.out_dir, "synthetic").resolve()
+        name = demo.data_kind
+    counts = {}
+    for split in ("train", "val"):
+        path = root / f"{split}.csv"
+        counts[split] = [int(line.split()[-1]) for line in path.read_text().splitlines() if line.strip()] \
+            if path.is_file() else None
+    if counts["train"] is None:   # not written yet: the generator's numbers
+        num_classes = demo.num_classes
+        num_train, num_val = demo.num_classes * demo.train_per_class, demo.num_classes * demo.val_per_class
+    else:
+        num_classes = max(counts["train"] + counts["val"]) + 1
+        num_train, num_val = len(counts["train"]), len(counts["val"])
+    if demo.data_dir is None:
+        factors = {f: v["of_class"] for f, v in class_factors(demo.data_kind, num_classes).items()}
+    if num_train < demo.batch_size:
+        raise ConfigError(f"the train set has {num_train} videos, fewer than one batch of batch_size = "
+                          f"{demo.batch_size}")
+    return DemoData(name, str(root), num_classes, num_train, num_val, factors)
+
+
+def pretrain_config(demo: DemoConfig, kind: str, seed: int | None = None, data: DemoData | None = None
+                    ) -> PretrainConfig:
+    """The pretraining run of one method (``sigma_mlp`` or ``videomae``) and seed on the demo's data set
+    (``data``, default :func:`demo_data`): ``demo.steps`` steps, as epochs of that set's size."""
     seed = demo.seed if seed is None else seed
-    root = str(Path(demo.out_dir, "synthetic").resolve())
-    steps_per_epoch = demo.num_classes * demo.train_per_class // demo.batch_size
-    epochs = -(-demo.steps // steps_per_epoch)
+    data = demo_data(demo) if data is None else data
+    root = data.root
+    epochs = -(-demo.steps // (data.num_train // demo.batch_size))
     if kind == "sigma_mlp":
         s = demo.sigma
         lr, ratio = s.lr, s.mask_ratio
@@ -192,19 +263,21 @@ def pretrain_config(demo: DemoConfig, kind: str, seed: int | None = None) -> Pre
                      "sinkhorn_iterations": s.sinkhorn_iterations, "sinkhorn_eps": s.sinkhorn_eps,
                      "hard_codes": s.hard_codes, "queue_length": s.queue_length, "queue_start": s.queue_start,
                      "freeze_prototypes": s.freeze_prototypes, "feature_dim": s.feature_dim,
-                     "projection_hidden": list(s.projection_hidden)}
+                     "projection_hidden": list(s.projection_hidden), "target_motion": s.target_motion, "freeze_projection": s.freeze_projection}
     else:
         lr, ratio = demo.pixels.lr, demo.pixels.mask_ratio
-        objective = {"kind": kind, "normalize_target": demo.pixels.normalize_target}
+        objective = {"kind": kind, "normalize_target": demo.pixels.normalize_target,
+                     "target_motion": demo.pixels.target_motion}
     return from_dict(PretrainConfig, {
         "name": run_name(kind, seed), "storage_path": str(Path(demo.out_dir).resolve()),
         "model": {"size": demo.model_size, "num_frames": demo.num_frames, "img_size": demo.size,
-                  "patch": demo.patch, "pos_embed": demo.pos_embed},
+                  "tubelet": demo.tubelet, "patch": demo.patch, "pos_embed": demo.pos_embed},
         "objective": objective,
         "data": {"root": root, "train_list": f"{root}/train.csv", "val_list": f"{root}/val.csv",
-                 "num_classes": demo.num_classes, "num_frames": demo.num_frames,
+                 "num_classes": data.num_classes, "num_frames": demo.num_frames,
                  "sampling_rate": demo.sampling_rate, "input_size": demo.size, "decode_short_side": demo.size,
-                 "patch": demo.patch, "scales": list(demo.crop_scales), "batch_size": demo.batch_size,
+                 "tubelet": demo.tubelet, "patch": demo.patch, "scales": list(demo.crop_scales),
+                 "batch_size": demo.batch_size,
                  "mask": {"ratio": ratio}, "seed": seed,
                  "num_actors_min": 1, "num_actors_max": 1, "actor_num_cpus": 0.5,
                  "decode_cache_mb": demo.decode_cache_mb},
@@ -238,25 +311,21 @@ def step_seconds(rows: list[dict]) -> float:
 
 
 def evaluate_encoders(encoders: dict[str, torch.nn.Module], data: DataConfig, num_classes: int,
-                      linear_epochs: int, seed: int) -> dict[str, dict[str, float]]:
-    """kNN (k = 20, 200; T = 0.07) and linear-probe accuracy (percent) of each encoder on the val split, with a
-    train-split bank, and the effective rank of its pooled train features. The clips are decoded once."""
+                      linear_epochs: int, seed: int, factors: dict[str, list[int]] | None = None,
+                      attentive_epochs: int = 30) -> dict[str, dict[str, float]]:
+    """Every frozen readout of each encoder (:func:`~sigma_ray.eval.readouts.frozen_probes`: kNN, linear probe and
+    factor probes on mean-pooled and on per-time-slice features, the attentive probe, the effective rank) on the
+    val split with the train split as bank and probe training set; accuracies in percent. The clips are decoded
+    once for all encoders."""
+    from sigma_ray.eval.readouts import frozen_probes
+
     train_batches, val_batches = list(eval_batches(data, "train")), list(eval_batches(data, "val"))
-    results = {}
-    for name, encoder in encoders.items():
-        train, val = extract_features(encoder, train_batches), extract_features(encoder, val_batches)
-        knn = knn_eval(train, val, num_classes, (20, 200))
-        with single_thread():
-            lin = linear_probe(train, val, num_classes, epochs=linear_epochs, seed=seed)
-        results[name] = {"knn20_top1": knn["knn20_top1"], "knn200_top1": knn["knn200_top1"],
-                         "linear_top1": lin["linear_top1"], "linear_top5": lin["linear_top5"],
-                         "linear_train_top1": lin["linear_train_top1"],
-                         "effective_rank": effective_rank(train.feats)}
-    return results
+    return {name: frozen_probes(encoder, train_batches, val_batches, num_classes, factors, linear_epochs,
+                                attentive_epochs, seed) for name, encoder in encoders.items()}
 
 
-def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Module, seed: int
-                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
+def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Module, seed: int,
+                     num_train: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The same encoder trained with the labels (LayerNorm + linear head on mean-pooled tokens, cross-entropy)
     from the same initial weights, on the same train clips (the pretraining's crops), for the same steps and
     batch, with the same warm-up + cosine schedule; no other augmentation or regularization. Returns the trained
@@ -264,8 +333,7 @@ def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Modul
     from sigma_ray.eval.config import FinetuneConfig
     from sigma_ray.eval.finetune import finetune
 
-    per_epoch = demo.num_classes * demo.train_per_class // demo.batch_size
-    epochs = -(-demo.steps // per_epoch)
+    epochs = -(-demo.steps // (num_train // demo.batch_size))
     steps_per_epoch = demo.steps // epochs
     config = FinetuneConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=demo.warmup_steps /
                             steps_per_epoch, base_lr=demo.supervised_lr, min_lr=demo.supervised_lr / 100,
@@ -273,19 +341,19 @@ def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Modul
                             label_smoothing=0.0, rand_augment=False, random_erasing=0.0, test_split="val",
                             precision="fp32", head_init_scale=1.0)
     with torch.random.fork_rng(devices=[]):
-        result = finetune(encoder, config, dataclasses.replace(data, seed=seed), demo.num_classes, seed=seed,
+        result = finetune(encoder, config, dataclasses.replace(data, seed=seed), data.num_classes, seed=seed,
                           log_every=10**9)
     model = result.pop("model")
     return model.encoder.eval(), result
 
 
 def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bool = True, batches: int = 8,
-                       seed: int = 0) -> float:
+                       seed: int = 0, target_motion: bool = False) -> float:
     """The pixel baseline's loss when it predicts one constant for every masked tube, the targets' mean: 0 for
-    standardized targets, each channel's mean pixel for raw ones. The value its loss must fall below to have
-    learned anything. On train clips with the demo's masks."""
+    standardized targets (and their frame differences, with ``target_motion``), each channel's mean pixel for raw
+    ones. The value its loss must fall below to have learned anything. On train clips with the demo's masks."""
     from sigma_ray.data.iterator import ClipIterator
-    from sigma_ray.model.projection import normalize_tubes, raw_tubes, tube_pixels
+    from sigma_ray.model.projection import normalize_tubes, raw_tubes, tube_motion, tube_pixels
     from sigma_ray.model.vit import gather_tokens, split_indices
     from sigma_ray.step import normalize_clips
 
@@ -296,7 +364,10 @@ def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bo
             break
         _, masked = split_indices(batch["masks"])
         tubes = gather_tokens(tube_pixels(normalize_clips(batch["clips"]), data.tubelet, data.patch), masked)
-        targets.append((normalize_tubes(tubes) if normalize_target else raw_tubes(tubes)).unflatten(-1, (-1, 3)))
+        target = normalize_tubes(tubes) if normalize_target else raw_tubes(tubes)
+        if target_motion:
+            target = torch.cat([target, tube_motion(target, data.tubelet)], dim=-1)
+        targets.append(target.unflatten(-1, (-1, 3)))
     target = torch.cat(targets).double()
     mean = 0.0 if normalize_target else target.mean(dim=(0, 1, 2))
     return float((target - mean).pow(2).mean())
@@ -348,25 +419,47 @@ def _cell(mean: float, std: float, seeds: int, digits: int = 1) -> str:
 
 def format_table(summary: dict[str, dict[str, tuple[float, float]]], chance: float, seeds: int,
                  seconds: dict[str, float]) -> str:
-    """Markdown table: accuracy in percent (mean +- std over seeds), effective rank, training seconds (pretraining:
-    the optimizer steps, :func:`step_seconds`; supervised: the whole fine-tuning call)."""
-    lines = ["| method | kNN k=20 top-1 | kNN k=200 top-1 | linear top-1 | linear top-5 | effective rank | "
-             "training (s per seed) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    """Markdown table of :data:`COLUMNS`: accuracy in percent (mean +- std over seeds), effective rank, training
+    seconds (pretraining: the optimizer steps, :func:`step_seconds`; supervised: the whole fine-tuning call)."""
+    lines = ["| method | " + " | ".join(COLUMNS.values()) + " | training (s per seed) |",
+             "| --- " * (len(COLUMNS) + 2) + "|"]
     for kind, r in summary.items():
         secs = f"{seconds[kind]:.0f}" if kind in seconds else "-"
-        lines.append(f"| {METHODS[kind]} | " + " | ".join(_cell(*r[m], seeds) for m in METRICS) + f" | {secs} |")
-    lines.append(f"| chance | {chance:.1f} | {chance:.1f} | {chance:.1f} | | | |")
+        lines.append(f"| {METHODS[kind]} | " + " | ".join(_cell(*r[m], seeds) for m in COLUMNS) + f" | {secs} |")
+    lines.append("| chance | " + " | ".join("" if m == "effective_rank" else f"{chance:.1f}" for m in COLUMNS)
+                 + " | |")
     return "\n".join(lines)
 
 
-def format_seed_rows(per_seed: dict[int, dict[str, dict[str, float]]]) -> str:
+def factor_columns(factors: dict[str, list[int]]) -> dict[str, str]:
+    """{metric: column title} of the factor probes: each factor's linear probe on mean-pooled and on per-time-slice
+    features."""
+    return {key: title for f in factors for key, title in ((f"{f}_linear_top1", f"{f}: linear"),
+                                                            (f"time_{f}_linear_top1", f"{f}: time-slice linear"))}
+
+
+def format_factor_table(summary: dict[str, dict[str, tuple[float, float]]], factors: dict[str, list[int]],
+                        seeds: int) -> str:
+    """Markdown table of the factor probes (accuracy in percent, mean +- std over seeds), with each factor's
+    chance; empty when the set has no factors."""
+    columns = factor_columns(factors)
+    if not columns:
+        return ""
+    lines = ["| method | " + " | ".join(columns.values()) + " |", "| --- " * (len(columns) + 1) + "|"]
+    for kind, r in summary.items():
+        lines.append(f"| {METHODS[kind]} | " + " | ".join(_cell(*r[m], seeds) for m in columns) + " |")
+    lines.append("| chance | " + " | ".join(f"{100 / (max(factors[f]) + 1):.1f}" for f in factors for _ in (0, 1))
+                 + " |")
+    return "\n".join(lines)
+
+
+def format_seed_rows(per_seed: dict[int, dict[str, dict[str, float]]], factors: dict[str, list[int]]) -> str:
     """Every run, one row per seed and method (no run is left out of the report)."""
-    lines = ["| seed | method | kNN k=20 | kNN k=200 | linear top-1 | effective rank |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    columns = {**COLUMNS, **factor_columns(factors)}
+    lines = ["| seed | method | " + " | ".join(columns.values()) + " |", "| --- " * (len(columns) + 2) + "|"]
     for s in sorted(per_seed):
         for kind, r in per_seed[s].items():
-            lines.append(f"| {s} | {METHODS[kind]} | {r['knn20_top1']:.1f} | {r['knn200_top1']:.1f} | "
-                         f"{r['linear_top1']:.1f} | {r['effective_rank']:.1f} |")
+            lines.append(f"| {s} | {METHODS[kind]} | " + " | ".join(f"{r[m]:.1f}" for m in columns) + " |")
     return "\n".join(lines)
 
 
@@ -396,7 +489,7 @@ def plot_curves(runs: dict[str, dict[int, list[dict]]], out: Path, trivial_loss:
                 ) -> dict[str, str]:
     """loss.png (each method's loss per seed; the pixel target's trivial loss dashed), usage.png (both sides'
     prototype-usage perplexity), codes_per_clip.png (distinct codes among a clip's masked tokens) and knn.png
-    (kNN top-1 during pretraining). Returns {plot title: file name}."""
+    (kNN top-1 and the effective rank during pretraining). Returns {plot title: file name}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -435,17 +528,19 @@ def plot_curves(runs: dict[str, dict[int, list[dict]]], out: Path, trivial_loss:
         plt.close(fig)
         files["prototype usage" if name == "usage.png" else "codes per clip"] = name
 
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    for kind, colour in (("sigma_mlp", "C0"), ("videomae", "C1")):
-        _plot_runs(ax, runs[kind], "knn_top1", METHODS[kind], colour)
-    ax.set(title="kNN top-1 during pretraining (k=20, probe subset of train/val)", xlabel="step",
-           ylabel="accuracy (%)")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, (key, title, unit) in zip(axes, (
+            ("knn_top1", "kNN top-1 during pretraining (k=20, probe subset of train/val)", "accuracy (%)"),
+            ("effective_rank", "effective rank of the probe bank's pooled features", "effective rank"))):
+        for kind, colour in (("sigma_mlp", "C0"), ("videomae", "C1")):
+            _plot_runs(ax, runs[kind], key, METHODS[kind], colour)
+        ax.set(title=title, xlabel="step", ylabel=unit)
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "knn.png", dpi=110)
     plt.close(fig)
-    files["kNN during pretraining"] = "knn.png"
+    files["kNN and effective rank during pretraining"] = "knn.png"
     return files
 
 
@@ -500,7 +595,7 @@ def _probe(demo: DemoConfig, data: DataConfig, out: Path) -> KnnProbe:
     lists = {split: write_list(first_per_class(load_split(data, split), demo.probe_per_class),
                                out / "probe" / f"{split}.csv") for split in ("train", "val")}
     return KnnProbe(dataclasses.replace(data, root=None, train_list=lists["train"], val_list=lists["val"]),
-                    demo.num_classes, k=20)
+                    data.num_classes, k=20)
 
 
 def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
@@ -514,8 +609,13 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     demo.pixels.validate()
     t_start = time.perf_counter()
     out = Path(demo.out_dir).resolve()
-    data = pretrain_config(demo, "sigma_mlp").data
-    ensure_synthetic(demo.synthetic, data)
+    if demo.data_dir is None:
+        ensure_synthetic(demo.synthetic, pretrain_config(demo, "sigma_mlp").data)
+    dataset = demo_data(demo)
+    data = pretrain_config(demo, "sigma_mlp", data=dataset).data
+    print(f"[demo] data: {dataset.name} at {dataset.root}: {dataset.num_classes} classes, {dataset.num_train} train / "
+          f"{dataset.num_val} val videos; {demo.steps} steps = {-(-demo.steps // (dataset.num_train // demo.batch_size))}"
+          f" epochs of {dataset.num_train // demo.batch_size} steps", flush=True)
     # The dashboard: to watch the runs, and Ray Train V2's placement-group cleaner queries its state API.
     init_ray(include_dashboard=True)
     probe = _probe(demo, data, out)
@@ -528,7 +628,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     for seed in demo.seed_list:
         models = {}
         for kind in PRETRAINED:
-            config = pretrain_config(demo, kind, seed)
+            config = pretrain_config(demo, kind, seed, dataset)
             print(f"[demo] seed {seed}: pretraining {METHODS[kind]}, {demo.steps} steps x {demo.batch_size} clips",
                   flush=True)
             result = pretrain(config, probe=probe)
@@ -536,7 +636,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
             seconds[kind].append(step_seconds(runs[kind][seed]))
             models[kind] = load_model(result.run_dir, config)
         sigma_model = sigma_model or models["sigma_mlp"]
-        config = pretrain_config(demo, "sigma_mlp", seed)
+        config = pretrain_config(demo, "sigma_mlp", seed, dataset)
         torch.manual_seed(seed)  # the initial weights both runs started from (the trainer seeds the same way)
         random_encoder = build_model(config.model, config.objective).encoder.eval()
         encoders = {"sigma_mlp": models["sigma_mlp"].encoder, "videomae": models["videomae"].encoder,
@@ -545,33 +645,38 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
             print(f"[demo] seed {seed}: the supervised bound, {demo.steps} steps x {demo.batch_size} labelled clips",
                   flush=True)
             t0 = time.perf_counter()
-            encoders["supervised"], sup = supervised_bound(demo, data, random_encoder, seed)
+            encoders["supervised"], sup = supervised_bound(demo, data, random_encoder, seed, dataset.num_train)
             seconds["supervised"].append(time.perf_counter() - t0)
             supervised_head[seed] = sup["finetune_top1"]
-        print(f"[demo] seed {seed}: evaluating {', '.join(METHODS[k] for k in encoders)} (kNN, linear probe)",
+        print(f"[demo] seed {seed}: evaluating {', '.join(METHODS[k] for k in encoders)} (kNN, linear, time-slice "
+              f"and attentive probes{', factors ' + ', '.join(dataset.factors) if dataset.factors else ''})",
               flush=True)
-        per_seed[seed] = evaluate_encoders(encoders, data, demo.num_classes, demo.linear_epochs, seed)
+        per_seed[seed] = evaluate_encoders(encoders, data, dataset.num_classes, demo.linear_epochs, seed,
+                                           dataset.factors, demo.attentive_epochs)
 
     summary = summarize(per_seed)
-    trivial = trivial_pixel_loss(data, demo.pixels.mask_ratio, demo.pixels.normalize_target)
+    trivial = trivial_pixel_loss(data, demo.pixels.mask_ratio, demo.pixels.normalize_target,
+                                 target_motion=demo.pixels.target_motion)
     plots = plot_curves(runs, out, trivial)
     plots["frames, mask and prototype assignments"] = plot_strip(sigma_model, data, out, demo.seed)
-    chance = 100.0 / demo.num_classes
+    chance = 100.0 / dataset.num_classes
     mean_seconds = {k: float(np.mean(v)) for k, v in seconds.items() if v}
     table = format_table(summary, chance, demo.seeds, mean_seconds)
+    factor_table = format_factor_table(summary, dataset.factors, demo.seeds)
     final = {kind: {s: rows[-1] for s, rows in r.items()} for kind, r in runs.items()}
     diagnostics = _diagnostics(final, trivial, supervised_head, demo.sigma.num_prototypes)
     total = time.perf_counter() - t_start
-    result = {"config": dataclasses.asdict(demo), "per_seed": per_seed,
+    result = {"config": dataclasses.asdict(demo), "data": dataclasses.asdict(dataset), "per_seed": per_seed,
               "summary": {k: {m: list(v) for m, v in r.items()} for k, r in summary.items()},
               "final_training_metrics": final, "trivial_pixel_loss": trivial,
               "supervised_head_top1": supervised_head, "seconds": seconds, "total_seconds": total,
               "chance": chance}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     line = verdict(summary)
-    write_report(out / "report.md", demo, table, format_seed_rows(per_seed), line, diagnostics, plots, total)
-    print("\n" + table + f"\n\n{diagnostics}\n\n{line}\n[demo] {total / 60:.1f} min; report: {out / 'report.md'}",
-          flush=True)
+    write_report(out / "report.md", demo, dataset, table, factor_table, format_seed_rows(per_seed, dataset.factors),
+                 line, diagnostics, plots, total)
+    print("\n" + table + (f"\n\n{factor_table}" if factor_table else "")
+          + f"\n\n{diagnostics}\n\n{line}\n[demo] {total / 60:.1f} min; report: {out / 'report.md'}", flush=True)
     return result
 
 
@@ -593,28 +698,32 @@ def _diagnostics(final: dict[str, dict[int, dict]], trivial: float, supervised_h
     return "\n".join(lines)
 
 
-def write_report(path: Path, demo: DemoConfig, table: str, seed_rows: str, line: str, diagnostics: str,
-                 plots: dict[str, str], total_s: float) -> None:
-    n_train, n_val = demo.num_classes * demo.train_per_class, demo.num_classes * demo.val_per_class
+def write_report(path: Path, demo: DemoConfig, dataset: DemoData, table: str, factor_table: str, seed_rows: str,
+                 line: str, diagnostics: str, plots: dict[str, str], total_s: float) -> None:
     s, p = demo.sigma, demo.pixels
+    where = f"the synthetic '{dataset.name}' set" if demo.data_dir is None else f"the set in {dataset.root}"
     lines = [
         "# sigma-ray demo", "",
-        f"The `{demo.model_size}` video ViT ({demo.num_frames} frames at {demo.size}x{demo.size}, tubelet 2, patch "
-        f"{demo.patch}) pretrained for {demo.steps} steps x {demo.batch_size} clips on the synthetic "
-        f"'{demo.data_kind}' set ({demo.num_classes} classes, {n_train} train / {n_val} val videos), once with "
+        f"The `{demo.model_size}` video ViT ({demo.num_frames} frames at {demo.size}x{demo.size}, tubelet "
+        f"{demo.tubelet}, patch {demo.patch}) pretrained for {demo.steps} steps x {demo.batch_size} clips on {where} "
+        f"({dataset.num_classes} classes, {dataset.num_train} train / {dataset.num_val} val videos), once with "
         f"SIGMA-MLP (K = {s.num_prototypes}, temperature {s.temperature}, {s.sinkhorn_iterations} Sinkhorn "
         f"iterations, eps {s.sinkhorn_eps}, {'hard' if s.hard_codes else 'soft'} codes, queue {s.queue_length}, "
-        f"base lr {s.lr}, mask ratio {s.mask_ratio}) and once with the VideoMAE pixel target (base lr {p.lr}, mask "
-        f"ratio {p.mask_ratio}), at equal compute: the same steps, batch, clips, schedule and initial weights. "
-        "'random init' is those initial weights; 'supervised' is the same encoder trained with the labels for the "
-        f"same steps. Seeds: {', '.join(map(str, demo.seed_list))}.",
-        "", "Accuracy on the val split in percent (kNN: bank from the train split, T = 0.07; linear: BatchNorm + "
-        f"linear head, {demo.linear_epochs} epochs of SGD on frozen mean-pooled features); effective rank of the "
-        "pooled train features; training seconds per seed (pretraining: the optimizer steps' wall time, without "
-        "Ray's start, probes and checkpoints; supervised: the whole fine-tuning):", "", table, "", line, "",
-        diagnostics, "", "Every run:", "", seed_rows, "",
-        f"Total time {total_s / 60:.1f} min.", ""]
+        f"target motion {s.target_motion}, base lr {s.lr}, mask ratio {s.mask_ratio}) and once with the "
+        f"VideoMAE pixel target (base lr {p.lr}, mask ratio {p.mask_ratio}), at equal compute: the same steps, "
+        "batch, clips, schedule and initial weights. 'random init' is those initial weights; 'supervised' is the "
+        f"same encoder trained with the labels for the same steps. Seeds: {', '.join(map(str, demo.seed_list))}.",
+        "", "Accuracy on the val split in percent, of frozen encoders. kNN: bank from the train split, T = 0.07; "
+        f"linear: BatchNorm + linear head, {demo.linear_epochs} epochs of SGD; both on mean-pooled tokens (the "
+        "standard readout) and on time-slice features (tokens averaged over space per time slice, concatenated: "
+        f"time is kept); attentive: a learned query attending over all tokens, {demo.attentive_epochs} epochs. "
+        "Effective rank of the mean-pooled train features; training seconds per seed (pretraining: the optimizer "
+        "steps' wall time, without Ray's start, probes and checkpoints; supervised: the whole fine-tuning):", "",
+        table, "", line, ""]
+    if factor_table:
+        lines += ["Each factor of the class alone (linear probes on the same features, labelled with the factor):",
+                  "", factor_table, ""]
+    lines += [diagnostics, "", "Every run:", "", seed_rows, "", f"Total time {total_s / 60:.1f} min.", ""]
     for title, file in plots.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     path.write_text("\n".join(lines))
-

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sigma_ray.config import ConfigError
-from sigma_ray.demo import (METHODS, DemoConfig, PixelSettings, SigmaSettings, format_table, pretrain_config,
+from sigma_ray.demo import (COLUMNS, METHODS, DemoConfig, PixelSettings, SigmaSettings, format_table, pretrain_config,
                             quick_config, run_demo, step_seconds, summarize, verdict, with_overrides)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,8 +40,7 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 
 
 def _summary(sigma: float, pixels: float, random: float) -> dict:
-    row = lambda v: {"knn20_top1": (v, 1.0), "knn200_top1": (v, 1.0), "linear_top1": (v, 1.0),  # noqa: E731
-                     "linear_top5": (v, 1.0), "effective_rank": (5.0, 0.5)}
+    row = lambda v: {m: (5.0, 0.5) if m == "effective_rank" else (v, 1.0) for m in COLUMNS}  # noqa: E731
     return {"sigma_mlp": row(sigma), "videomae": row(pixels), "random": row(random), "supervised": row(90.0)}
 
 
@@ -120,7 +119,12 @@ def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
     assert s[0] == pytest.approx(np.mean([out["per_seed"][k]["sigma_mlp"]["linear_top1"] for k in (0, 1)]))
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == out["summary"]
     report = (tmp_path / "report.md").read_text()
-    assert report.count("| SIGMA-MLP |") == 3       # the summary row and one row per seed
+    assert report.count("| SIGMA-MLP |") == 4       # the summary row, the factor table's and one row per seed
+    # the readouts that keep time and the probes of each factor of the class, for every method and seed
+    for r in out["per_seed"].values():
+        assert all({"time_linear_top1", "attentive_top1", "pattern_linear_top1", "time_direction_linear_top1"}
+                   <= set(m) for m in r.values())
+    assert "pattern: linear" in report and "direction: time-slice linear" in report
     for png in ("loss.png", "usage.png", "codes_per_clip.png", "knn.png", "strip.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
         assert f"({png})" in report
@@ -148,9 +152,38 @@ def test_the_tuning_config_is_the_demos_run_on_another_data_set():
                                              frames=demo.video_frames, size=demo.size, seed=demo.data_seed)
     assert tuning.synthetic.seed != demo.data_seed            # never tuned on the set the demo reports
     t, r = tuning.train, run.train
-    # the demo trains twice the tuning runs' 1,200 steps (README), with the same 120 warm-up steps
+    # the demo trains twice the tuning runs' 1,200 steps (docs/studies/patterns.md), with the same 120 warm-up steps
     assert (r.epochs, r.max_steps, t.epochs) == (12, 2400, 6)
     assert t.warmup_epochs == pytest.approx(r.warmup_epochs)
     assert t.min_lr / t.base_lr == pytest.approx(r.min_lr / r.base_lr)
     assert (t.betas, t.weight_decay, t.num_workers) == (r.betas, r.weight_decay, r.num_workers)
     assert tuning.objective.kind == "sigma_mlp"
+
+
+def test_the_step_budget_is_the_demos_whatever_the_sets_size(tmp_path):
+    """The demo's steps are ``steps`` on any set: epochs come from the set's own lists (a set of another size than
+    the generator's settings once trained 480 steps instead of 2,400), for a directory of one's own too."""
+    from sigma_ray.data.synthetic import make_synthetic
+    from sigma_ray.demo import demo_data
+    from sigma_ray.train.config import run_length
+
+    own = tmp_path / "own"
+    make_synthetic(own, num_classes=4, train_per_class=5, val_per_class=2, frames=16, size=32, seed=3, kind="motion")
+    demo = DemoConfig(out_dir=str(tmp_path / "out"), data_dir=str(own), steps=30, warmup_steps=3, batch_size=4)
+    data = demo_data(demo)
+    assert (data.num_classes, data.num_train, data.num_val, data.name) == (4, 20, 8, "own")
+    assert data.factors == {"speed": [0, 1, 0, 1], "direction": [0, 0, 1, 1]}      # from its factors.json
+    config = pretrain_config(demo, "sigma_mlp", data=data)
+    assert run_length(config, data.num_train) == (5, 30) and config.data.num_classes == 4
+    assert config.data.train_list == f"{own.resolve()}/train.csv"
+    # the synthetic set in out_dir is read from disk once written, whatever the generator's settings say
+    generated = DemoConfig(out_dir=str(tmp_path / "gen"), steps=30, warmup_steps=3, batch_size=4, num_classes=8,
+                           train_per_class=200)
+    assert demo_data(generated).num_train == 1600                   # not written yet: the generator's size
+    make_synthetic(tmp_path / "gen" / "synthetic", num_classes=4, train_per_class=3, val_per_class=1, frames=16,
+                   size=32, seed=3)
+    written = demo_data(generated)
+    assert (written.num_train, written.num_classes) == (12, 4)
+    assert run_length(pretrain_config(generated, "videomae", data=written), 12) == (3, 30)
+    with pytest.raises(ConfigError, match="data_dir"):
+        demo_data(DemoConfig(data_dir=str(tmp_path)))

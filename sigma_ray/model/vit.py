@@ -34,7 +34,7 @@ class VitSize:
 
 # The paper's ViT-S/B (decoder 192-d/3 heads and 384-d/6 heads, depth 4), VideoMAE's ViT-L, and two CPU sizes:
 # tiny, and micro (width 128 x depth 4 against tiny's 192 x 6: ~3.4x fewer encoder FLOPs per token; on 32x32
-# clips its supervised bound leaves chance within 1,200 steps, README "Does pretraining learn at laptop scale?").
+# clips its supervised bound leaves chance within 1,200 steps, docs/studies/patterns.md).
 VIT_SIZES: dict[str, VitSize] = {
     "micro": VitSize(128, 4, 4, 64, 2, 2),
     "tiny": VitSize(192, 6, 3, 96, 2, 3),

@@ -301,7 +301,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             elif do_probe:
                 # Only what Ray needs: Tune's score here, checkpoints above. A Train V2 report waits until the
                 # controller has taken the previous one, which it polls every 2 s; one per log step capped a run
-                # at log_every steps per 2 s (README, "What holds learning back").
+                # at log_every steps per 2 s (docs/studies/patterns.md, "What holds learning back").
                 ray.train.report(metrics)
     finally:
         progress.close()
