@@ -98,7 +98,7 @@ class PixelSettings:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The demo's knobs; the defaults are ``make demo`` (one seed, about 11 minutes on a 2-core CPU).
+    """The demo's knobs; the defaults are ``make demo`` (one seed, about 7 minutes on a 2-core CPU).
 
     Compute per method and seed: ``steps x batch_size`` clips of ``num_frames x size x size``. Seed ``s`` of
     ``seed .. seed + seeds - 1`` sets the initial weights, the data order, the crops and the masks; the data set

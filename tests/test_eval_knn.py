@@ -73,3 +73,19 @@ def test_topk_accuracy():
     scores = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
     acc = topk_accuracy(scores, torch.tensor([2, 0, 0]), (1, 2, 5))
     assert acc[1] == pytest.approx(100 / 3) and acc[2] == pytest.approx(200 / 3) and acc[5] == 100.0
+
+
+def test_class_variance_share_against_a_naive_loop_and_its_limits():
+    from sigma_ray.eval.metrics import class_variance_share
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 5, generator=g), torch.randint(0, 4, (300,), generator=g)
+    x[y == 2] += 3.0
+    xd = x.double() - x.double().mean(0)
+    between = sum((y == c).sum() * ((xd[y == c].mean(0)) ** 2).sum() for c in range(4))
+    assert class_variance_share(x, y) == pytest.approx(float(between / (xd ** 2).sum()), rel=1e-9)
+    assert class_variance_share(torch.eye(3)[y[:60] % 3] * 2.0, y[:60] % 3) == pytest.approx(1.0)  # only class means
+    # labels independent of the features: about (C - 1) / (N - 1) of the variance, by chance alone
+    shares = [class_variance_share(torch.randn(400, 8, generator=g), torch.randint(0, 8, (400,), generator=g))
+              for _ in range(50)]
+    assert sum(shares) / len(shares) == pytest.approx(7 / 399, rel=0.15)

@@ -48,3 +48,16 @@ def effective_rank(features: torch.Tensor) -> float:
     s = torch.linalg.svdvals(x)
     p = s / s.sum().clamp_min(1e-300)
     return float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))
+
+
+def class_variance_share(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of the ``N x D`` features' total variance that lies between the class means (trace of the
+    between-class scatter over the trace of the total scatter, in [0, 1]). A cosine kNN finds neighbours along
+    the directions that vary most, so a class that moves the features by a sliver of their variance is missed by
+    kNN even where a linear probe finds it. Labels carrying no information give about ``(C - 1) / (N - 1)``."""
+    x = features.double() - features.double().mean(dim=0)
+    classes, index = labels.unique(return_inverse=True)
+    means = torch.zeros(len(classes), x.shape[1], dtype=torch.float64).index_add_(0, index, x)
+    counts = torch.bincount(index, minlength=len(classes)).double()
+    between = ((means ** 2).sum(dim=1) / counts).sum()
+    return float(between / (x ** 2).sum().clamp_min(1e-300))
