@@ -36,10 +36,8 @@ import torch
 from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, merge_overrides
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.synthetic import KINDS, SyntheticConfig, class_factors, ensure_synthetic
-from sigma_ray.eval.features import eval_batches, extract_features
-from sigma_ray.eval.knn import KnnProbe, knn_eval
-from sigma_ray.eval.linear import linear_probe
-from sigma_ray.eval.metrics import effective_rank, single_thread
+from sigma_ray.eval.features import eval_batches
+from sigma_ray.eval.knn import KnnProbe
 from sigma_ray.train.config import PretrainConfig
 
 METHODS = {"sigma_mlp": "SIGMA-MLP", "videomae": "VideoMAE (pixels)", "random": "random init",
@@ -263,7 +261,8 @@ def pretrain_config(demo: DemoConfig, kind: str, seed: int | None = None, data: 
                      "sinkhorn_iterations": s.sinkhorn_iterations, "sinkhorn_eps": s.sinkhorn_eps,
                      "hard_codes": s.hard_codes, "queue_length": s.queue_length, "queue_start": s.queue_start,
                      "freeze_prototypes": s.freeze_prototypes, "feature_dim": s.feature_dim,
-                     "projection_hidden": list(s.projection_hidden), "target_motion": s.target_motion, "freeze_projection": s.freeze_projection}
+                     "projection_hidden": list(s.projection_hidden), "target_motion": s.target_motion,
+                     "freeze_projection": s.freeze_projection}
     else:
         lr, ratio = demo.pixels.lr, demo.pixels.mask_ratio
         objective = {"kind": kind, "normalize_target": demo.pixels.normalize_target,

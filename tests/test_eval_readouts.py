@@ -2,7 +2,6 @@
 the tokens' (time-major)."""
 import json
 
-import pytest
 import torch
 
 from sigma_ray.eval.features import eval_batches

@@ -10,7 +10,7 @@ import torch
 from sigma_ray.data.annotations import load_split
 from sigma_ray.data.iterator import ClipIterator
 from sigma_ray.train.local import pretrain_local, training_batches
-from test_train_run import TINY, tiny_run
+from test_train_run import tiny_run
 
 
 def test_the_stream_is_each_epochs_iterator_cut_to_whole_batches(tiny_synthetic):
@@ -29,7 +29,8 @@ def test_the_stream_is_each_epochs_iterator_cut_to_whole_batches(tiny_synthetic)
 
 @pytest.mark.slow
 def test_the_local_loop_repeats_a_ray_train_run(ray_session, tiny_synthetic, tmp_path):
-    """One worker, SIGMA-MLP, 24 steps: every logged loss and perplexity of the Ray Train run equals the in-process loop's."""
+    """One worker, SIGMA-MLP, 24 steps: every logged loss and perplexity of the Ray Train run equals the in-process
+    loop's."""
     from sigma_ray.train.launch import pretrain
 
     config = tiny_run(tiny_synthetic, tmp_path, "local_vs_ray", "train.num_workers=1", "train.cpus_per_worker=0.5",

@@ -8,8 +8,8 @@ only the order of samples may differ (compare by video id). Epochs reshuffle the
 
 Skipped videos: each actor drops them from its output batch and reports (rows seen, [(path, reason)]) to one
 small :class:`~sigma_ray.data.stats_actor.SkipStatsActor` per pipeline, which keeps the counts per epoch. The actor
-that pushes the count over ``max_skip_fraction`` (after ``skip_min_rows`` rows) raises SkipBoundError, which fails the dataset
-for every consumer; :meth:`ClipPipeline.iter_torch_batches` checks the final count once more at the end. (The
+that pushes the count over ``max_skip_fraction`` (after ``skip_min_rows`` rows) raises SkipBoundError, which fails
+the dataset for every consumer; :meth:`ClipPipeline.iter_torch_batches` checks the final count once more at the end. (The
 trainer's stream leaves the bound to the training loop, which stops all its workers together.)
 
 Throughput: the same actor keeps a :class:`~sigma_ray.data.stats.PipelineStats` per epoch (a SkipStats with more

@@ -66,8 +66,8 @@ def knn_eval(train: Features, val: Features, num_classes: int, ks: tuple[int, ..
 class KnnProbe:
     """``probe(encoder) -> {"knn_top1", "knn_top5", "effective_rank"}``: kNN accuracy (percent) of the val split
     against the train split's bank, both decoded in-process (no Ray) with single centred views, and the effective
-    rank of the bank's pooled features (how many directions the features use, followed over training). Picklable, so the trainer can run
-    it on its rank-0 worker every ``train.probe_every`` steps (the sweep's intermediate score). With
+    rank of the bank's pooled features (how many directions the features use, followed over training). Picklable,
+    so the trainer can run it on its rank-0 worker every ``train.probe_every`` steps (the sweep's intermediate score). With
     ``linear_epochs`` > 0 it also trains a linear probe (BatchNorm + linear, SGD, that many epochs) on the bank's
     features and adds its val accuracy, ``linear_top1`` / ``linear_top5``, and ``mean_top1``, the mean of the kNN
     and linear top-1: on a few hundred queries kNN at chance cannot rank encoders whose pooled features are

@@ -5,7 +5,7 @@ epoch ``e``'s rows are :func:`~sigma_ray.data.clips.epoch_rows` cut to whole bat
 layer's :class:`~sigma_ray.data.clips.ClipMaker` with its row's epoch, in the order the Ray training stream hands
 them to a single worker (``tests/test_train_local.py`` compares the losses with a Ray Train run's). No run
 directory, checkpoints or resume: for notebooks and for studies that train many small models on one machine
-(:mod:`sigma_ray.study`), where Ray's start-up would cost more than a run.
+(``experiments/ablate.py``), where Ray's start-up would cost more than a run.
 """
 from __future__ import annotations
 

@@ -68,8 +68,9 @@ class Schedule:
 
 
 def make_schedule(train, total: int, global_batch: int) -> Schedule:
-    """The run's schedule from a TrainConfig over ``total`` optimizer steps (:func:`~sigma_ray.train.config.run_length`'s): warm-up
-    the same fraction of the run as ``warmup_epochs / epochs``, lrs scaled by the global batch."""
+    """The run's schedule from a TrainConfig over ``total`` optimizer steps
+    (:func:`~sigma_ray.train.config.run_length`'s): warm-up the same fraction of the run as ``warmup_epochs /
+    epochs``, lrs scaled by the global batch."""
     warmup = int(round(total * train.warmup_epochs / train.epochs))
     return Schedule(total, warmup, scaled_lr(train.base_lr, global_batch), scaled_lr(train.min_lr, global_batch),
                     train.weight_decay, train.weight_decay_end)
