@@ -48,20 +48,16 @@ def _demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sigma_ray.config import ConfigError
-    from sigma_ray.demo import DemoConfig, quick_config, run_demo, with_overrides
-
-    from sigma_ray.data.synthetic import KINDS
+    from sigma_ray.demo import DemoConfig, quick_config, run_demo, with_data, with_overrides
 
     base = quick_config() if args.quick else DemoConfig()
     changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps), ("seeds", args.seeds))
                if v is not None}
+    demo = dataclasses.replace(base, **changes)
     if args.data is not None:
-        name = args.data if args.data in KINDS else Path(args.data).resolve().name
-        changes.update({"data_kind": args.data} if args.data in KINDS else {"data_dir": args.data})
-        if args.out is None and name != base.data_kind:   # each set its own runs
-            changes["out_dir"] = f"{base.out_dir}_{name}"
+        demo = with_data(demo, args.data, keep_out_dir=args.out is not None)
     try:
-        run_demo(with_overrides(dataclasses.replace(base, **changes), args.set))
+        run_demo(with_overrides(demo, args.set))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -196,6 +196,17 @@ def with_overrides(demo: DemoConfig, overrides: list[str]) -> DemoConfig:
     return from_dict(DemoConfig, merge_overrides(dataclasses.asdict(demo), overrides))
 
 
+def with_data(demo: DemoConfig, data: str, keep_out_dir: bool = False) -> DemoConfig:
+    """``demo`` on ``data`` (``sigma-ray demo --data``): a synthetic family of :data:`KINDS` or a directory with
+    VideoMAE lists. Each set gets its own runs: the output directory becomes ``{out_dir}_{name}`` (``runs/demo_
+    motion``, ``runs/demo_myset``) unless ``keep_out_dir`` or the set is ``demo``'s own family."""
+    is_kind = data in KINDS
+    name = data if is_kind else Path(data).resolve().name
+    same_set = is_kind and demo.data_dir is None and data == demo.data_kind
+    demo = dataclasses.replace(demo, **({"data_kind": data} if is_kind else {"data_dir": data}))
+    return demo if keep_out_dir or same_set else dataclasses.replace(demo, out_dir=f"{demo.out_dir}_{name}")
+
+
 def run_name(kind: str, seed: int) -> str:
     return f"{kind}_seed{seed}"
 

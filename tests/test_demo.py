@@ -187,3 +187,17 @@ def test_the_step_budget_is_the_demos_whatever_the_sets_size(tmp_path):
     assert run_length(pretrain_config(generated, "videomae", data=written), 12) == (3, 30)
     with pytest.raises(ConfigError, match="data_dir"):
         demo_data(DemoConfig(data_dir=str(tmp_path)))
+
+
+def test_each_data_set_gets_its_own_output_directory(tmp_path):
+    """``sigma-ray demo --data``: a family or a directory of one's own, each in runs/demo_NAME unless --out says."""
+    from sigma_ray.demo import with_data
+
+    base = DemoConfig()
+    assert with_data(base, "patterns") == base
+    motion = with_data(base, "motion")
+    assert (motion.data_kind, motion.data_dir, motion.out_dir) == ("motion", None, "runs/demo_motion")
+    own = with_data(base, str(tmp_path / "myset"))
+    assert (own.data_dir, own.out_dir) == (str(tmp_path / "myset"), "runs/demo_myset")
+    kept = with_data(dataclasses.replace(base, out_dir="elsewhere"), "shapes", keep_out_dir=True)
+    assert (kept.data_kind, kept.out_dir) == ("shapes", "elsewhere")
