@@ -116,6 +116,7 @@ def _export(args: argparse.Namespace) -> int:
     """An encoder (encoder.pt, run or checkpoint directory) -> transformers' VideoMAEModel or the release layout."""
     from sigma_ray.eval.run import load_any_encoder
     from sigma_ray.model.release import ReleaseFormatError, export_release, export_transformers
+    from sigma_ray.weights import CheckpointError
 
     try:
         encoder, source = load_any_encoder(args.encoder)
@@ -126,7 +127,7 @@ def _export(args: argparse.Namespace) -> int:
         else:
             out = export_release(encoder, Path(args.out) / "checkpoint.pth")
             print(f"wrote {out} from {source}: the SIGMA/VideoMAE code base fine-tunes from it (--finetune)")
-    except (ReleaseFormatError, FileNotFoundError) as e:
+    except (ReleaseFormatError, CheckpointError, FileNotFoundError) as e:
         print(f"sigma-ray export: {e}", file=sys.stderr)
         return 1
     if getattr(encoder, "classifier_head", None) is not None:

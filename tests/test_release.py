@@ -194,6 +194,20 @@ def test_a_3d_position_table_cannot_be_exported(tmp_path, capsys):
     assert "pos_embed = 'sincos_3d'" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
+def test_files_that_are_no_encoder_or_no_safetensors_end_in_one_line(tmp_path, capsys):
+    """export of random bytes and import of a truncated .safetensors: exit 1 with one line naming the file, no
+    traceback, nothing written."""
+    (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 4)
+    assert main(["export", str(tmp_path / "noise.pt"), str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sigma-ray export: ") and "noise.pt" in err and "\n" not in err
+    (tmp_path / "cut.safetensors").write_bytes(b"\x08\x00\x00")
+    assert main(["import", str(tmp_path / "cut.safetensors"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sigma-ray import: ") and "not a readable safetensors file" in err and "\n" not in err
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the release's layout
 

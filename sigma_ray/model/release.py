@@ -207,9 +207,13 @@ def read_state_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if (path.parent / HF_CONFIG).is_file():
         info["config"] = json.loads((path.parent / HF_CONFIG).read_text())
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu"), info
+        try:
+            return load_file(str(path), device="cpu"), info
+        except SafetensorError as e:   # truncated, empty or not safetensors at all
+            raise ReleaseFormatError(f"{path}: not a readable safetensors file ({e})") from None
     blob = _torch_load(path)
     if isinstance(blob, dict) and isinstance(blob.get("args"), argparse.Namespace):
         info["args"] = vars(blob["args"])
