@@ -68,8 +68,7 @@ def table(results: Path) -> str:
     end of training (VideoMAE's pixel loss; SIGMA-MLP's projection-side prototype perplexity)."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     factors = sorted({k[:-len("_linear_top1")] for r in rows for k in r["probes"]
-                      if k.endswith("_linear_top1") and k not in ("time_linear_top1",)
-                      and not k.startswith("time_")})
+                      if k.endswith("_linear_top1") and not k.startswith("time_")})
     head = ["run", "set", "method", "levers", *(t for _, t in COLUMNS), *(f"{f} (linear)" for f in factors),
             "end of training"]
     lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]

@@ -363,7 +363,7 @@ def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bo
     standardized targets (and their frame differences, with ``target_motion``), each channel's mean pixel for raw
     ones. The value its loss must fall below to have learned anything. On train clips with the demo's masks."""
     from sigma_ray.data.iterator import ClipIterator
-    from sigma_ray.model.projection import normalize_tubes, raw_tubes, tube_motion, tube_pixels
+    from sigma_ray.model.projection import tube_pixels, tube_target
     from sigma_ray.model.vit import gather_tokens, split_indices
     from sigma_ray.step import normalize_clips
 
@@ -374,10 +374,7 @@ def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bo
             break
         _, masked = split_indices(batch["masks"])
         tubes = gather_tokens(tube_pixels(normalize_clips(batch["clips"]), data.tubelet, data.patch), masked)
-        target = normalize_tubes(tubes) if normalize_target else raw_tubes(tubes)
-        if target_motion:
-            target = torch.cat([target, tube_motion(target, data.tubelet)], dim=-1)
-        targets.append(target.unflatten(-1, (-1, 3)))
+        targets.append(tube_target(tubes, data.tubelet, normalize_target, target_motion).unflatten(-1, (-1, 3)))
     target = torch.cat(targets).double()
     mean = 0.0 if normalize_target else target.mean(dim=(0, 1, 2))
     return float((target - mean).pow(2).mean())

@@ -25,6 +25,30 @@ def make_head(dim: int, num_classes: int) -> nn.Sequential:
     return head
 
 
+def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, epochs: int,
+             batch_size: int, seed: int, min_batch: int = 1) -> None:
+    """Train ``head`` on cached inputs ``x`` (``N x ...``) for labels ``y`` (``N``) by cross-entropy: ``epochs``
+    passes in batches of ``batch_size``, shuffled by ``seed``, the optimizer's lr decayed by a per-step cosine to
+    0. Batches smaller than ``min_batch`` are skipped. Leaves ``head`` in eval mode."""
+    n = x.shape[0]
+    total = epochs * -(-n // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine(s, total, 1.0, 0.0))
+    gen = torch.Generator().manual_seed(seed)
+    head.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            if idx.shape[0] < min_batch:
+                continue
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sched.step()
+    head.eval()
+
+
 def linear_probe(train: Features, val: Features, num_classes: int, epochs: int = 100, lr: float | None = None,
                  optimizer: str = "sgd", batch_size: int = 256, weight_decay: float = 0.0, seed: int = 0,
                  device: torch.device | str = "cpu") -> dict:
@@ -55,24 +79,8 @@ def _train_probe(train: Features, val: Features, num_classes: int, epochs: int, 
     params = head.parameters()
     opt = (torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay) if optimizer == "sgd" else
            torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
-    n = x.shape[0]
-    steps_per_epoch = -(-n // batch_size)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, total, 1.0, 0.0))
-    gen = torch.Generator().manual_seed(seed)
-    head.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            if idx.shape[0] < 2:      # BatchNorm cannot normalize one sample; it is seen in other epochs
-                continue
-            loss = F.cross_entropy(head(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    head.eval()
+    # BatchNorm cannot normalize a batch of one sample; that sample is seen in other epochs
+    fit_head(head, x, y, opt, epochs, batch_size, seed, min_batch=2)
     with torch.no_grad():
         train_scores = head(x)
         scores = head(val.feats.float().to(device)).cpu()

@@ -16,18 +16,17 @@ shows it. The factors of a data set come from its ``factors.json`` (written by t
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sigma_ray.eval.features import Features, average_by_video, eval_mode
-from sigma_ray.eval.metrics import single_thread, topk_accuracy
-from sigma_ray.schedule import cosine
+from sigma_ray.eval.knn import knn_eval
+from sigma_ray.eval.linear import fit_head, linear_probe
+from sigma_ray.eval.metrics import effective_rank, single_thread, topk_accuracy
 from sigma_ray.step import autocast_context, normalize_clips
 
 FACTORS_FILE = "factors.json"
@@ -114,21 +113,8 @@ def attentive_probe(train: Tokens, val: Tokens, num_classes: int, epochs: int = 
         torch.manual_seed(seed)
         head = AttentiveHead(train.tokens.shape[-1], num_classes, heads)
         opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+        fit_head(head, x_train, train.labels, opt, epochs, batch_size, seed)
         n = train.tokens.shape[0]
-        total = epochs * math.ceil(n / batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s, total, 1.0, 0.0))
-        gen = torch.Generator().manual_seed(seed)
-        head.train()
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                loss = F.cross_entropy(head(x_train[idx]), train.labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-        head.eval()
         with torch.no_grad():
             train_scores = torch.cat([head(x_train[i:i + 256]) for i in range(0, n, 256)])
             scores = torch.cat([head(x_val[i:i + 256]) for i in range(0, x_val.shape[0], 256)])
@@ -164,10 +150,6 @@ def frozen_probes(encoder: nn.Module, train_batches: Iterable[dict], val_batches
     - ``attentive_top1`` (:func:`attentive_probe`, ``attentive_epochs``);
     - per factor ``f`` of ``factors``: ``f_linear_top1`` (mean pooling) and ``time_f_linear_top1``.
     """
-    from sigma_ray.eval.knn import knn_eval
-    from sigma_ray.eval.linear import linear_probe
-    from sigma_ray.eval.metrics import effective_rank
-
     train, val = extract_tokens(encoder, train_batches, device), extract_tokens(encoder, val_batches, device)
     out: dict[str, float] = {}
     for prefix, (a, b) in (("", (train.mean_pooled(), val.mean_pooled())),

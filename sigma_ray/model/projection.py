@@ -59,6 +59,19 @@ def tube_motion(normalized: torch.Tensor, tubelet: int) -> torch.Tensor:
     return (frames[..., 1:, :] - frames[..., :-1, :]).flatten(-2)
 
 
+def tube_target(tubes: torch.Tensor, tubelet: int, normalize: bool = True, motion: bool = False) -> torch.Tensor:
+    """What the target side reads of masked tubes ``... x (tubelet*patch*patch*3)`` (:func:`tube_pixels` of an
+    ImageNet-normalized clip): the standardized tubes (:func:`normalize_tubes`), followed by their frame-to-frame
+    differences with ``motion`` (:func:`tube_motion`), or the raw [0, 1] pixels without ``normalize``
+    (:func:`raw_tubes`; ``motion`` needs ``normalize``). float32."""
+    if not normalize:
+        if motion:
+            raise ValueError("tube_target: motion needs normalize (differences of standardized tubes)")
+        return raw_tubes(tubes)
+    target = normalize_tubes(tubes)
+    return torch.cat([target, tube_motion(target, tubelet)], dim=-1) if motion else target
+
+
 class PixelTubeMLP(nn.Module):
     """SIGMA-MLP's projection: normalized tube pixels -> 1024 -> 1024 -> 512 -> D with GELU.
 
@@ -78,10 +91,8 @@ class PixelTubeMLP(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, clips: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
-        tubes = normalize_tubes(gather_tokens(tube_pixels(clips, self.tubelet, self.patch), masked_idx))
-        if self.motion:
-            tubes = torch.cat([tubes, tube_motion(tubes, self.tubelet)], dim=-1)
-        return self.mlp(tubes.to(clips.dtype))
+        tubes = gather_tokens(tube_pixels(clips, self.tubelet, self.patch), masked_idx)
+        return self.mlp(tube_target(tubes, self.tubelet, motion=self.motion).to(clips.dtype))
 
 
 class TeacherProjection(nn.Module):

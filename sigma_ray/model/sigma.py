@@ -9,8 +9,7 @@ from torch import nn
 
 from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.losses import PixelMSELoss, SwappedPredictionLoss
-from sigma_ray.model.projection import PixelTubeMLP, Prototypes, TeacherProjection, normalize_tubes, raw_tubes, \
-    tube_motion, tube_pixels
+from sigma_ray.model.projection import PixelTubeMLP, Prototypes, TeacherProjection, tube_pixels, tube_target
 from sigma_ray.model.vit import ModelConfig, VideoMAE, gather_tokens, split_indices
 from sigma_ray.queue import FeatureQueue
 from sigma_ray.sinkhorn import codes_per_clip
@@ -130,12 +129,8 @@ class SigmaModel(nn.Module):
         pred = self.video(clips, visible_idx, masked_idx)  # B x Nm x D
         if self.prototypes is None:
             tubes = gather_tokens(tube_pixels(clips, self.config.tubelet, self.config.patch), masked_idx)
-            if not self.objective.normalize_target:
-                return self.loss(pred, raw_tubes(tubes))
-            target = normalize_tubes(tubes)
-            if self.objective.target_motion:
-                target = torch.cat([target, tube_motion(target, self.config.tubelet)], dim=-1)
-            return self.loss(pred, target)
+            return self.loss(pred, tube_target(tubes, self.config.tubelet, self.objective.normalize_target,
+                                               self.objective.target_motion))
         self.prototypes.normalize_()
         target = self.projection(clips, masked_idx)
         levers = bool(self.queues) or self.objective.freeze_prototypes > 0

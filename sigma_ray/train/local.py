@@ -1,10 +1,9 @@
 """A pretraining run in this process, without Ray: one worker's arithmetic of :mod:`sigma_ray.train.loop`.
 
 The same initial weights (seeded as the worker seeds them), optimizer, schedule and step, and the same batches:
-epoch ``e``'s rows are :func:`~sigma_ray.data.clips.epoch_rows` cut to whole batches, each clip made by the data
-layer's :class:`~sigma_ray.data.clips.ClipMaker` with its row's epoch, in the order the Ray training stream hands
-them to a single worker (``tests/test_train_local.py`` compares the losses with a Ray Train run's). No run
-directory, checkpoints or resume: for notebooks and for studies that train many small models on one machine
+epoch ``e``'s rows and clips are the plain :class:`~sigma_ray.data.iterator.ClipIterator`'s, cut to whole batches,
+in the order the Ray training stream hands them to a single worker (``tests/test_train_local.py`` compares the
+losses with a Ray Train run's). No run directory, checkpoints or resume: for notebooks and for studies that train many small models on one machine
 (``experiments/ablate.py``), where Ray's start-up would cost more than a run.
 """
 from __future__ import annotations
@@ -16,35 +15,25 @@ from typing import Callable, Iterator
 import torch
 
 from sigma_ray.data.annotations import VideoRecord, load_split
-from sigma_ray.data.clips import ClipMaker, Sample, epoch_rows
+from sigma_ray.data.clips import Sample
 from sigma_ray.data.config import DataConfig
-from sigma_ray.data.decode import VideoDecodeError
-from sigma_ray.data.iterator import collate
-from sigma_ray.data.stats import SkipStats
+from sigma_ray.data.iterator import ClipIterator, collate
 from sigma_ray.model.sigma import SigmaModel, build_model
 from sigma_ray.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
 from sigma_ray.train.config import PretrainConfig, run_length
 from sigma_ray.train.optim import build_optimizer, make_schedule
 
 
-def training_batches(config: DataConfig, records: list[VideoRecord], rows_per_epoch: int,
-                     stats: SkipStats | None = None) -> Iterator[dict]:
+def training_batches(config: DataConfig, records: list[VideoRecord], rows_per_epoch: int) -> Iterator[dict]:
     """Endless training batches (torch tensors, ``config.batch_size`` clips each, with ``epochs``): epoch after
-    epoch of ``rows_per_epoch`` shuffled rows, the buffer carried over epoch ends as in one stream. Unreadable
-    videos are skipped and counted in ``stats``; the skip bound is checked as in the plain iterator."""
-    maker = ClipMaker(config, "train")
-    stats = SkipStats() if stats is None else stats
+    epoch of the plain iterator's shuffled rows cut to ``rows_per_epoch``, the buffer carried over epoch ends as in
+    one stream. Unreadable videos are skipped and counted, with the skip bound per epoch, by the plain iterator."""
     buf: list[tuple[Sample, int]] = []
     for epoch in itertools.count():
-        for row in epoch_rows(records, config, "train", epoch)[:rows_per_epoch]:
-            try:
-                samples = maker.make(row, epoch)
-            except VideoDecodeError as e:
-                stats.add(1, [(e.path, e.reason)])
-                stats.check(config.max_skip_fraction, config.skip_min_rows)
-                continue
-            stats.add(1)
-            buf.extend((s, epoch) for s in samples)
+        clips = ClipIterator(config, "train", epoch, records)
+        clips.rows = clips.rows[:rows_per_epoch]
+        for sample in clips.samples():
+            buf.append((sample, epoch))
             while len(buf) >= config.batch_size:
                 chunk, buf = buf[:config.batch_size], buf[config.batch_size:]
                 batch = {k: torch.from_numpy(v) for k, v in collate([s for s, _ in chunk]).items()}
