@@ -56,11 +56,20 @@ def _demo(args: argparse.Namespace) -> int:
     demo = dataclasses.replace(base, **changes)
     if args.data is not None:
         demo = with_data(demo, args.data, keep_out_dir=args.out is not None)
+    from sigma_ray.train.launch import RunInterrupted
+
     try:
         run_demo(with_overrides(demo, args.set))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"[sigma-ray] {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("[sigma-ray] demo interrupted; start the same command again: finished runs are kept",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -25,6 +25,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from sigma_ray.config import yaml_problem
+
 # Ray schedules resources in units of 1/10000: compare amounts in those units so 100 x 0.01 == 1 exactly.
 _UNIT = 10_000
 
@@ -43,7 +45,7 @@ def load_cluster_config(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ClusterConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ClusterConfigError(f"not valid YAML: {yaml_problem(e, path)}") from None
     return validate_cluster_config(raw, name=str(path))
 
 

@@ -153,7 +153,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
         raise ConfigError(f"override {text!r} has an empty key")
-    return keys, yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return keys, ""
+    try:
+        return keys, yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({yaml_problem(e)})") from None
+
+
+def yaml_problem(error: yaml.YAMLError, path: str | Path | None = None) -> str:
+    """A YAML syntax error in one line: ``FILE:LINE: what`` (lines counted from 1), without the parser's
+    echo of the source."""
+    mark = getattr(error, "problem_mark", None)
+    what = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    if context:
+        what = f"{what} ({context})"
+    if mark is None:
+        return f"{path}: {what}" if path is not None else what
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"{path}:{mark.line + 1}: {what} ({where})" if path is not None else f"{what} at {where}"
 
 
 def merge_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
@@ -186,8 +205,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(yaml_problem(e, path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

@@ -8,7 +8,8 @@
 - A new local Ray runs with token authentication, Ray 2.60's default for ``ray.init()`` (its warning saying so
   is not shown; ``RAY_AUTH_MODE=disabled`` still opts out): its gRPC servers listen on every interface and
   refuse callers without the token, the dashboard and the job API listen on 127.0.0.1 only
-  (tests/test_security.py shows both).
+  (tests/test_security.py shows both). Ray writes a new token to ``~/.ray/auth_token`` with the process's umask
+  (0644, readable by every user of the machine, with the usual 022); :func:`init_ray` makes it 0600.
 """
 from __future__ import annotations
 
@@ -17,6 +18,23 @@ import os
 from typing import Any
 
 from sigma_ray.ray_compat import auth_setup_logger_name
+
+
+def restrict_token_file(path: str | os.PathLike | None = None) -> bool:
+    """Make Ray's token file (``~/.ray/auth_token`` by default) readable by its owner only, when this user owns
+    it and others may read it; True when it changed the mode. Ray itself reads it as the same user."""
+    import stat
+    from pathlib import Path
+
+    path = Path(path) if path is not None else Path.home() / ".ray" / "auth_token"
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if st.st_uid != os.getuid() or not st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return False
+    path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    return True
 
 
 def init_ray(include_dashboard: bool = False, quiet: bool = False, log_to_driver: bool = False, **kwargs: Any):
@@ -35,6 +53,7 @@ def init_ray(include_dashboard: bool = False, quiet: bool = False, log_to_driver
                            log_to_driver=log_to_driver, logging_level=logging.WARNING, **kwargs)
     finally:
         auth_log.setLevel(level)
+    restrict_token_file()
     if not quiet:
         print(f"[sigma-ray] Ray's own logs: {os.path.join(context.address_info['session_dir'], 'logs')}",
               flush=True)

@@ -18,8 +18,8 @@ from sigma_ray.model.sigma import ObjectiveConfig, build_model
 from sigma_ray.model.vit import ModelConfig
 from sigma_ray.ray_compat import register_checkpoints, registered_checkpoints
 from sigma_ray.train.checkpoint import (STATE_FILE, CheckpointError, list_checkpoints, load_checkpoint,
-                                        load_model_state, newest_valid, prepare_resume, read_info, save_checkpoint,
-                                        verify_checkpoint)
+                                        load_model_state, newest_valid, read_info, resume_point, save_checkpoint,
+                                        set_aside, verify_checkpoint)
 from sigma_ray.train.optim import build_optimizer
 
 CFG = ModelConfig("tiny", 8, 64)
@@ -113,7 +113,9 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint_and_ray_follows(tmp_pa
     assert snapshot["latest_checkpoint_result"]["checkpoint_dir_name"] == "checkpoint_00000012"
 
     said = []
-    valid = prepare_resume(tmp_path, said.append)
+    valid, bad = resume_point(tmp_path)
+    assert [p.name for p, _ in bad] == ["checkpoint_00000012"] and (tmp_path / "checkpoint_00000012").is_dir()
+    set_aside(bad, said.append)
     assert [c.step for c in valid] == [4, 8]
     assert len(said) == 1 and "checkpoint_00000012" in said[0] and "bytes" in said[0]
     assert (tmp_path / "rejected_checkpoint_00000012" / STATE_FILE).is_file()     # kept, out of the way
@@ -128,11 +130,26 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint_and_ray_follows(tmp_pa
     assert newest_valid(tmp_path).step == 8
 
 
+def test_setting_aside_a_second_time_keeps_the_first_one(tmp_path):
+    """A checkpoint of the same step damaged twice (two crashed attempts) leaves both copies and both reasons."""
+    write(tmp_path, 4)
+    said = []
+    for attempt in (1, 2):
+        d = write(tmp_path, 8)
+        (d / STATE_FILE).write_bytes(f"attempt {attempt}".encode())
+        set_aside(resume_point(tmp_path)[1], said.append)
+    kept = sorted(p.name for p in tmp_path.glob("rejected_*"))
+    assert kept == ["rejected_checkpoint_00000008", "rejected_checkpoint_00000008.2"]
+    assert (tmp_path / kept[0] / STATE_FILE).read_bytes() == b"attempt 1"
+    assert (tmp_path / kept[1] / STATE_FILE).read_bytes() == b"attempt 2"
+    assert "moved to rejected_checkpoint_00000008.2" in said[-1]
+
+
 def test_no_valid_checkpoint_refuses_instead_of_starting_over(tmp_path):
     d = write(tmp_path, 4)
     (d / STATE_FILE).write_bytes(b"")
     with pytest.raises(CheckpointError, match="no valid checkpoint"):
-        prepare_resume(tmp_path)
+        resume_point(tmp_path)
     assert d.is_dir()                                               # nothing moved
 
 

@@ -203,18 +203,22 @@ def test_sigma_ray_prepare_command(tmp_path, test_videos, ray_session, capsys):
     for cls, video in (("a", test_videos["phone"]), ("b", test_videos["empty.mp4"])):
         (src / cls).mkdir(parents=True)
         os.symlink(video, src / cls / video.name)
+    (src / "c" / "folder.mp4").mkdir(parents=True)                      # no video file: failed without a task
     args = ["prepare", str(src), str(out), "--short-side", "96", "--gop", "8", "--tune", "none", "--task-cpus", "0.5"]
     assert main(args) == 0                                                 # a failed video is listed, not fatal
     captured = capsys.readouterr()
     printed = captured.out
-    assert "1 of 2 videos ready" in printed and f"failed: {src / 'b' / 'empty.mp4'}: cannot open" in printed
-    assert re.search(r"prepare: 100%.* 2/2 ", captured.err)                # tqdm's bar on stderr
+    # the counts add up (1 ready + 2 failed = 3), and the bar's failures are the summary's
+    assert "1 of 3 videos ready" in printed and "(1 prepared now, 0 already done), 2 failed," in printed
+    assert f"failed: {src / 'b' / 'empty.mp4'}: cannot open" in printed
+    assert re.search(r"prepare: 100%.* 3/3 .*failed=2", captured.err)    # tqdm's bar on stderr
     assert (out / "train.csv").read_text() == "videos/a/phone.mp4 0\n"
     assert b"cabac=1" in (out / "videos/a/phone.mp4").read_bytes()         # x264's defaults, as asked
     assert [(r["status"], r["width"], r["height"]) for r in read_manifest(out).to_pylist()] == [
-        ("ok", 116, 96), ("failed", None, None)]                             # 176x144 -> 117x96 -> even
+        ("ok", 116, 96), ("failed", None, None), ("failed", None, None)]     # 176x144 -> 117x96 -> even
     assert main(args + ["--quiet"]) == 0
     captured = capsys.readouterr()
-    assert "(0 prepared now, 2 already done" in captured.out and "prepare:" not in captured.err   # nothing to redo
+    assert "1 of 3 videos ready" in captured.out and "(0 prepared now, 1 already done), 2 failed," in captured.out
+    assert "prepare:" not in captured.err                                  # nothing to redo
     assert main(["prepare", str(src), str(out), "--gop", "0"]) == 2        # a bad option names its field
     assert "gop" in capsys.readouterr().err

@@ -1,9 +1,12 @@
 """The run directory before any worker starts: one owner at a time (a live holder refuses a second start, a killed
 one does not block the next), a changed config compared with the saved one, annotation errors as config errors.
-Each refusal happens in ``pretrain`` itself, on the session's Ray, without a Ray Train run."""
+Each refusal happens in ``pretrain`` itself, without a Ray Train run; those that must come before Ray starts (an
+unwritable storage path, a held lock, a refused checkpoint to resume from) run the command in a subprocess and check
+that no Ray session was made. And Ctrl-C: one line saying where the run stands, exit 130."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -146,3 +149,99 @@ def test_annotation_errors_are_config_errors_before_ray_starts(tiny_synthetic, t
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith(f"config error: {listing}:") and message in lines[-1]
     assert not (tmp_path / "ray").exists() and not (tmp_path / "runs").exists()
+
+
+def pretrain_command(synthetic: dict, storage: Path, *overrides: str) -> list[str]:
+    """``experiments/pretrain.py`` on the tiny config and set, run directory ``storage/twin``."""
+    args = [sys.executable, str(ROOT / "experiments" / "pretrain.py"), "--config", str(TINY), "--name", "twin",
+            "--storage-path", str(storage)]
+    for s in ("synthetic=false", f"data.train_list={synthetic['train']}", f"data.val_list={synthetic['val']}",
+              f"data.root={synthetic['root']}", "data.batch_size=2", "objective.num_prototypes=32",
+              "train.cpus_per_worker=0.25", "data.actor_num_cpus=0.25", *overrides):
+        args += ["--set", s]
+    return args
+
+
+def without_ray(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run a command in which Ray must not start: a Ray started there would leave a session in tmp_path/ray."""
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert not (tmp_path / "ray").exists(), "Ray was started"
+    return out
+
+
+def test_an_unwritable_storage_path_is_refused_before_ray_starts(tiny_synthetic, tmp_path):
+    out = without_ray(pretrain_command(tiny_synthetic, Path("/proc/sigma-runs")), tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == ("config error: storage_path: the run directory /proc/sigma-runs/twin cannot be "
+                                  "created or written (No such file or directory); choose a writable --storage-path")
+
+
+def test_the_lock_is_taken_before_ray_starts(tiny_synthetic, tmp_path, holder):
+    out = without_ray(pretrain_command(tiny_synthetic, tmp_path), tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    err = out.stderr.strip()
+    assert err.startswith(f"error: {tmp_path / 'twin'} is in use by another run (host {socket.gethostname()}, "
+                          f"pid {holder.pid}") and "\n" not in err
+    assert sorted(p.name for p in (tmp_path / "twin").iterdir()) == ["LOCK"]
+
+
+def test_a_refused_resume_checkpoint_stops_the_start_before_ray_and_leaves_the_run_dir_as_it_was(tiny_synthetic,
+                                                                                                tmp_path):
+    """The newest checkpoint's state.pt pickles os.system behind a manifest that matches it: the driver refuses it
+    (weights-only) before Ray starts, and config.yaml, the checkpoint and everything else stay as they were."""
+    import hashlib
+    import json
+
+    import torch
+
+    from sigma_ray.train.checkpoint import STATE_FILE, save_checkpoint
+    from sigma_ray.train.launch import resolve_paths
+    from test_checkpoint import Evil
+
+    run_dir, marker = tmp_path / "twin", tmp_path / "PWNED"
+    save_yaml(resolve_paths(tiny(tiny_synthetic, tmp_path)), run_dir / "config.yaml")
+    for step in (2, 4):
+        save_checkpoint(run_dir / f"checkpoint_{step:08d}", step=step, model=torch.nn.Linear(2, 2))
+    newest = run_dir / "checkpoint_00000004"
+    torch.save({"model": Evil(marker)}, newest / STATE_FILE)
+    manifest = json.loads((newest / "manifest_rank0.json").read_text())
+    manifest["files"][STATE_FILE] = {"bytes": (newest / STATE_FILE).stat().st_size,
+                                     "sha256": hashlib.sha256((newest / STATE_FILE).read_bytes()).hexdigest()}
+    (newest / "manifest_rank0.json").write_text(json.dumps(manifest))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    out = without_ray(pretrain_command(tiny_synthetic, tmp_path), tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    err = out.stderr.strip()
+    assert err.startswith(f"error: {newest / STATE_FILE}: refused to load") and "posix.system" in err, err
+    assert "\n" not in err and not marker.exists()
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "LOCK"}
+    assert after == {p: b for p, b in before.items()}                        # config.yaml included, byte for byte
+
+
+def test_ctrl_c_says_where_the_run_stands_and_exits_130(tiny_synthetic, tmp_path):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C sends) mid-run: one line naming the last
+    logged step and the last checkpoint, exit 130, the lock released."""
+    args = pretrain_command(tiny_synthetic, tmp_path, "train.num_workers=1", "train.epochs=50", "train.log_every=1",
+                            "train.checkpoint_every=2")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("[sigma-ray] step 5/"):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(r"\[sigma-ray\] interrupted at step (\d+) of 600; the last checkpoint is step (\d+); "
+                         r"start the same command again to resume", last)
+    assert found, last
+    step, saved = map(int, found.groups())
+    assert 5 <= step and 4 <= saved <= step and saved % 2 == 0
+    with RunLock(tmp_path / "twin", wait_s=0):                               # nobody holds it any more
+        pass

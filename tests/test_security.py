@@ -113,3 +113,20 @@ def test_the_session_ray_dashboard_less_refuses_callers_without_the_token(ray_se
     outside = audit(me.children(recursive=True), ray_session.get_runtime_context().gcs_address,
                     os.environ["RAY_AUTH_TOKEN"])
     assert any("gcs_server" in cmd for _, _, cmd in outside)     # what Ray cannot keep on loopback
+
+
+def test_the_token_file_is_readable_by_its_owner_only(ray_session, tmp_path):
+    """Ray writes ~/.ray/auth_token with the umask (0644 with 022): init_ray leaves it 0600, and the helper it uses
+    changes only a file this user owns that others may read."""
+    import stat
+
+    from sigma_ray.ray_session import restrict_token_file
+
+    token = Path.home() / ".ray" / "auth_token"
+    assert token.is_file() and stat.S_IMODE(token.stat().st_mode) == 0o600
+    loose = tmp_path / "auth_token"
+    loose.write_text("x" * 64)
+    loose.chmod(0o644)
+    assert restrict_token_file(loose) and stat.S_IMODE(loose.stat().st_mode) == 0o600
+    assert not restrict_token_file(loose)                            # already private: left alone
+    assert not restrict_token_file(tmp_path / "missing")

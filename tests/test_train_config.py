@@ -94,6 +94,28 @@ def test_cli_overrides_and_booleans(capsys):
     assert "use_gpu: true" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("text, where", [
+    ("model:\n  size: tiny\n   bad_indent: 1\n", ":3: mapping values are not allowed here (line 3, column 14)"),
+    ("train: {epochs: 3\n", ":2: expected ',' or '}'"),
+])
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys, text, where):
+    from sigma_ray.train.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    assert main(["--config", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"config error: {bad}{where}") and "\n" not in err, err
+
+
+def test_a_yaml_syntax_error_in_an_override_names_the_override(capsys):
+    from sigma_ray.train.cli import main
+
+    assert main(["--config", str(TINY), "--set", "train.betas=[0.9", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("config error: override 'train.betas=[0.9': the value is not valid YAML") and "\n" not in err
+
+
 def test_param_groups_skip_norms_biases_and_tokens():
     model = build_model(ModelConfig("tiny", 8, 64), ObjectiveConfig(num_prototypes=16))
     decay, skip = param_groups(model, 0.05)
@@ -167,7 +189,7 @@ def test_placement_error_before_any_worker_starts(ray_session, tiny_synthetic, t
     assert placement_problems(cfg)
     with pytest.raises(PlacementError, match="8 training workers"):
         pretrain(cfg)
-    assert not (tmp_path / "too_big").exists()
+    assert [p.name for p in (tmp_path / "too_big").iterdir()] == ["LOCK"]   # taken before Ray, nothing written
     gpu = load_pretrain_config(TINY, ["train.use_gpu=true"])
     assert any("GPU" in p for p in placement_problems(gpu))
     actors = load_pretrain_config(TINY, ["data.actor_resources={decode_node: 0.01}"])

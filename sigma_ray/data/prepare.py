@@ -355,15 +355,17 @@ class PrepareResult:
     manifest: str
     lists: dict[str, str]        # split -> written annotation file
     total: int                   # distinct videos
-    transcoded: int              # done in this run (ok or failed)
-    skipped: int                 # already done by an earlier run
-    ok: int
-    failed: list[tuple[str, str]]   # (source, reason) over all runs
+    transcoded: int              # transcode tasks run now (ok or failed)
+    skipped: int                 # videos an earlier run did (ok or failed), not redone
+    ok: int                      # ready, over all runs: ok_now of them now
+    ok_now: int
+    failed: list[tuple[str, str]]   # (source, reason) over all runs, paths that are no video file included
     seconds: float
 
     def summary(self) -> str:
-        return (f"{self.ok} of {self.total} videos ready in {self.out} ({self.transcoded} prepared now, "
-                f"{self.skipped} already done, {len(self.failed)} failed) in {self.seconds:.1f} s; "
+        """One line whose counts add up: ready (now + already done) + failed = total."""
+        return (f"{self.ok} of {self.total} videos ready in {self.out} ({self.ok_now} prepared now, "
+                f"{self.ok - self.ok_now} already done), {len(self.failed)} failed, in {self.seconds:.1f} s; "
                 f"manifest {self.manifest}")
 
 
@@ -414,7 +416,10 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
     already = len(results)
     progress = tqdm(total=len(videos), initial=already, unit="video", desc="prepare", disable=not config.progress,
                     mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
-    done_now = failed_now = 0   # counted here: a disabled bar counts nothing
+    # counted here (a disabled bar counts nothing); the bar's failures are the summary's: earlier ones included
+    done_now = ok_now = 0
+    failed_so_far = sum(r["status"] != "ok" for r in results.values())
+    progress.set_postfix(failed=failed_so_far, refresh=False)
     if todo:
         ensure_ray()
         task = _remote_transcode().options(num_cpus=config.task_num_cpus,
@@ -442,8 +447,9 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
                         jf.flush()
                         results[src] = r
                         done_now += 1
-                        failed_now += r["status"] != "ok"
-                        progress.set_postfix(failed=failed_now, refresh=False)
+                        ok_now += r["status"] == "ok"
+                        failed_so_far += r["status"] != "ok"
+                        progress.set_postfix(failed=failed_so_far, refresh=False)
                         progress.update()
                         if on_result is not None:
                             on_result(r)
@@ -458,7 +464,7 @@ def prepare(config: PrepareConfig, on_result: Callable[[dict[str, Any]], None] |
     failed = [(src, r.get("reason", "")) for src, r in results.items() if r["status"] != "ok"]
     return PrepareResult(out=str(out), manifest=str(out / MANIFEST), lists=lists, total=len(videos),
                          transcoded=done_now, skipped=already - problems,
-                         ok=sum(r["status"] == "ok" for r in results.values()), failed=failed,
+                         ok=sum(r["status"] == "ok" for r in results.values()), ok_now=ok_now, failed=failed,
                          seconds=time.perf_counter() - t0)
 
 

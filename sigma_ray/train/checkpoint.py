@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,8 +37,8 @@ REJECTED_PREFIX = "rejected_"          # a checkpoint that failed verification, 
 FORMAT = "sigma-ray-checkpoint/2"
 
 __all__ = ["CheckpointError", "CheckpointInfo", "Restored", "checkpoint_dir_name", "list_checkpoints",
-           "load_checkpoint", "load_model_state", "newest_valid", "prepare_resume", "read_info", "save_checkpoint",
-           "unwrap", "verify_checkpoint"]
+           "check_loadable", "load_checkpoint", "load_model_state", "newest_valid", "read_info",
+           "resume_point", "save_checkpoint", "set_aside", "unwrap", "verify_checkpoint"]
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -242,11 +241,19 @@ def newest_valid(run_dir: str | Path, on_skip: Callable[[Path, str], None] | Non
     return None
 
 
-def prepare_resume(run_dir: str | Path, say: Callable[[str], None] = print) -> list[CheckpointInfo]:
-    """Before a run resumes: verify every checkpoint of ``run_dir``, move the ones that fail to
-    ``rejected_checkpoint_*`` (kept, out of the way; ``say`` tells which and why) and return the valid ones,
-    oldest first. Raises CheckpointError, moving nothing, when checkpoints exist but none is valid: starting
-    over silently would throw the run away."""
+def check_loadable(info: CheckpointInfo) -> None:
+    """Load every ``.pt`` file of a verified checkpoint weights-only (tensors mapped, not read), as a resume will:
+    a pickle behind a manifest that matches it (an attacker can write both) is refused here, naming the file."""
+    load_weights(info.path / STATE_FILE, "a sigma-ray training checkpoint", mmap=True)
+    for rank in range(info.world_size):
+        load_weights(info.path / _rank_file(rank), "a sigma-ray per-rank checkpoint file", mmap=True)
+
+
+def resume_point(run_dir: str | Path) -> tuple[list[CheckpointInfo], list[tuple[Path, str]]]:
+    """Before a run resumes, without changing anything: verify every checkpoint of ``run_dir`` and load the newest
+    valid one's files weights-only (:func:`check_loadable`). Returns (valid checkpoints oldest first, ``(path,
+    reason)`` of the damaged ones). Raises CheckpointError when checkpoints exist but none is valid (starting over
+    silently would throw the run away) or when the one to resume from is refused."""
     valid, bad = [], []
     for path in list_checkpoints(run_dir):
         try:
@@ -255,13 +262,21 @@ def prepare_resume(run_dir: str | Path, say: Callable[[str], None] = print) -> l
             bad.append((path, str(e)))
     if bad and not valid:
         raise CheckpointError(f"{run_dir}: no valid checkpoint to resume from: " + "; ".join(r for _, r in bad))
+    if valid:
+        check_loadable(valid[-1])
+    return valid, bad
+
+
+def set_aside(bad: list[tuple[Path, str]], say: Callable[[str], None] = print) -> None:
+    """Move damaged checkpoints (``(path, reason)``) to ``rejected_checkpoint_*``, out of Ray's and the run's view
+    and kept; one set aside before under the same name keeps its name (the new one gets ``.2``, ``.3``...)."""
     for path, reason in bad:
-        target = path.with_name(REJECTED_PREFIX + path.name)
-        if target.exists():
-            shutil.rmtree(target)
+        target, n = path.with_name(REJECTED_PREFIX + path.name), 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{REJECTED_PREFIX}{path.name}.{n}")
         path.rename(target)
         say(f"[sigma-ray] skipped {path.name}: {reason.split(': ', 1)[-1]}; moved to {target.name}")
-    return valid
 
 
 # ---------------------------------------------------------------------------------------------------- reading

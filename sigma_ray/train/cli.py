@@ -6,8 +6,9 @@
 
 ``--set section.field=value`` values are parsed as YAML (``true``/``false`` are booleans, ``[0.9, 0.95]`` a
 list, ``null`` None). Exit status: 0 done; 2 the input is unusable (a configuration or annotation error, a config
-change a resumed run cannot take, too many unreadable videos); 1 the run failed (a non-finite loss, another run
-owns the run directory, no valid checkpoint to resume from, workers failed).
+change a resumed run cannot take, an unwritable storage path, too many unreadable videos); 1 the run failed (a
+non-finite loss, another run owns the run directory, no valid checkpoint to resume from or a refused one, workers
+failed); 130 Ctrl-C (the message says the step reached and the last checkpoint; the same command resumes).
 """
 from __future__ import annotations
 
@@ -40,9 +41,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _pretrain(config) -> int:
-    from sigma_ray.train.launch import pretrain
+    from sigma_ray.train.launch import RunInterrupted, pretrain
 
-    pretrain(config)
+    try:
+        pretrain(config)
+    except RunInterrupted as e:
+        print(f"[sigma-ray] {e}", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

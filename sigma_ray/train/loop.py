@@ -81,11 +81,14 @@ class _Progress:
             self.skipped = {(r["epoch"], r["path"]) for r in trim_jsonl(self.skipped_path, start_step)}
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
-    def record_skips(self, step: int, stats: dict[int, SkipStats]) -> int:
+    def record_skips(self, step: int, stats: dict[int, SkipStats], data_epoch: int) -> int:
         """Append the skips not yet recorded to ``skipped.jsonl`` (path, reason, epoch, step); returns how many
-        distinct videos were skipped so far."""
+        distinct videos were skipped so far. Only epochs up to ``data_epoch`` (the newest this rank has trained on)
+        count: the decode actors run ahead, and a later epoch's skip is stamped with a step of that epoch."""
         with self.skipped_path.open("a") as f:
             for epoch, st in sorted(stats.items()):
+                if epoch > data_epoch:
+                    continue
                 for path, reason in st.skipped:
                     if (epoch, path) not in self.skipped:
                         self.skipped.add((epoch, path))
@@ -253,7 +256,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             skips, skipped_videos, problem = {}, 0, None
             if rank == 0:
                 skips = _skip_totals(skip_stats)
-                skipped_videos = progress.record_skips(step, skips)
+                skipped_videos = progress.record_skips(step, skips, max(data_epochs, default=0))
                 problem = _skip_problem(skips, dc, final=step == total)
                 flags[1] = int(problem is not None)
             reduced = flags.clone()

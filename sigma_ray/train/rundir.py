@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from sigma_ray.config import ConfigError
+from sigma_ray.config import ConfigError, is_uri
 
 LOCK_FILE = "LOCK"
 CONFIG_FILE = "config.yaml"
@@ -83,6 +83,21 @@ class RunLock:
         if self._file is not None:
             self._file.close()   # closing the last descriptor drops the flock
             self._file = None
+
+
+def check_writable(run_dir: str) -> None:
+    """Make the local run directory ``run_dir`` and write a file in it, or raise ConfigError saying why (a path
+    under /proc, a read-only mount, no permission): before Ray starts, not from a worker. URIs are not checked."""
+    if is_uri(run_dir):
+        return
+    probe = Path(run_dir) / f".write_check.{os.getpid()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"storage_path: the run directory {run_dir} cannot be created or written "
+                          f"({e.strerror or e}); choose a writable --storage-path") from None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
