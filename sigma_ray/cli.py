@@ -105,10 +105,11 @@ def _import(args: argparse.Namespace) -> int:
         released, written = import_released(args.src, args.out, args.num_frames, args.img_size)
     except (ReleaseFormatError, FileNotFoundError) as e:
         print(f"sigma-ray import: {e}", file=sys.stderr)
-        return 1
+        return 2
     c = released.model_config
     layout = "the SIGMA/VideoMAE release" if released.source_format == "release" else "transformers' VideoMAE"
-    print(f"{released.source}: a {released.kind} checkpoint in {layout}'s layout: model.size={c.size}, "
+    article = "an" if released.kind == "encoder" else "a"
+    print(f"{released.source}: {article} {released.kind} checkpoint in {layout}'s layout: model.size={c.size}, "
           f"{c.num_frames} frames x {c.img_size} px, tubelet {c.tubelet}, patch {c.patch}, norm_eps {c.norm_eps:g}, "
           f"final_norm {c.final_norm}" + (f", objective.kind={released.objective.kind}" if released.objective else "")
           + (f", a {released.classifier_head['head.weight'].shape[0]}-class head" if released.classifier_head
@@ -138,7 +139,7 @@ def _export(args: argparse.Namespace) -> int:
             print(f"wrote {out} from {source}: the SIGMA/VideoMAE code base fine-tunes from it (--finetune)")
     except (ReleaseFormatError, CheckpointError, FileNotFoundError) as e:
         print(f"sigma-ray export: {e}", file=sys.stderr)
-        return 1
+        return 2
     if getattr(encoder, "classifier_head", None) is not None:
         print("note: the classifier head stored with this encoder is not exported (the encoder alone is)")
     return 0

@@ -39,10 +39,25 @@ def load_weights(path: str | Path, expected: str, map_location: str | torch.devi
         if found:
             raise CheckpointError(f"{path}: refused to load {expected}: it pickles {found.group(1)}, not only "
                                   f"tensors and plain values (a weights-only load never calls what a file pickles)") from None
-        detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
-        raise CheckpointError(f"{path}: not a torch weights file (expected {expected})"
-                              + (f": {detail.group(1).strip()}" if detail else "")) from None
-    except Exception as e:  # noqa: BLE001 - random bytes or text fail in many ways inside torch's reader
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: not a torch weights file (expected {expected}): "
-                              f"{type(e).__name__} {first}".rstrip()) from None
+        raise CheckpointError(f"{path}: not a torch weights file (expected {expected}): {_what_it_is(path)}") from None
+    except Exception:  # noqa: BLE001 - random bytes or text fail in many ways inside torch's reader
+        raise CheckpointError(f"{path}: not a torch weights file (expected {expected}): {_what_it_is(path)}") from None
+
+
+def _what_it_is(path: Path) -> str:
+    """What an unreadable file looks like, from its first bytes (torch's own errors name its reader's internals)."""
+    with path.open("rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, as torch.save writes, but truncated or damaged (its directory is unreadable)"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return "a pickle, as an old torch.save writes, but truncated or damaged"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:   # a character cut at the 512th byte still counts as text
+        text = head[:e.start].decode("utf-8") if e.start >= len(head) - 3 else None
+    if text is not None and all(c.isprintable() or c.isspace() for c in text):
+        return f"a text file (it starts {text[:40]!r})"
+    return f"neither a zip archive nor a pickle (it starts with bytes {head[:8].hex(' ')})"

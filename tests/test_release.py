@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 import pytest
 import torch
@@ -120,7 +121,7 @@ def zero_k_bias(module: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("mean_pooling", [False, True])
 @pytest.mark.parametrize("files", ["safetensors", "bin with the hub's q_bias names"])
-def test_a_transformers_model_imports_with_the_same_features(tmp_path, mean_pooling, files):
+def test_a_transformers_model_imports_with_the_same_features(tmp_path, capsys, mean_pooling, files):
     hf = randomize(VideoMAEModel(VideoMAEConfig(**HF_TINY, use_mean_pooling=mean_pooling)))
     if files == "safetensors":
         hf.save_pretrained(tmp_path)
@@ -130,10 +131,13 @@ def test_a_transformers_model_imports_with_the_same_features(tmp_path, mean_pool
     released = read_released(tmp_path)
     # transformers' configs say LayerNorm eps 1e-12; with mean pooling VideoMAEModel has no final LayerNorm
     assert released.kind == "encoder" and released.model_config == ModelConfig(
-        size="tiny", num_frames=4, img_size=32, norm_eps=1e-12, final_norm=not mean_pooling)
+        size="tiny", num_frames=4, img_size=32, norm_eps=1e-12, final_norm=not mean_pooling, decoder_norm_eps=1e-5,
+        fc_norm_eps=1e-5)
     x = clips()
     with torch.no_grad():
         assert_close(released.encoder.forward_features(ours(x)), hf(x).last_hidden_state)
+    assert main(["import", str(tmp_path), str(tmp_path / "out")]) == 0
+    assert f"{tmp_path}: an encoder checkpoint in transformers' VideoMAE's layout" in capsys.readouterr().out
 
 
 def test_a_transformers_pretraining_model_imports_with_the_same_features_and_predictions(tmp_path):
@@ -150,8 +154,8 @@ def test_a_transformers_pretraining_model_imports_with_the_same_features_and_pre
     visible, masked = split_indices(mask)
     with torch.no_grad():
         assert_close(model.encoder.forward_features(ours(x)), hf.videomae(x).last_hidden_state)
-        # transformers' decoder.norm keeps LayerNorm's default eps 1e-5 (the release: 1e-6); within 4e-6 here
-        assert_close(model.video(ours(x), visible, masked), hf(x, bool_masked_pos=mask).logits)
+        # transformers' decoder.norm keeps LayerNorm's default eps 1e-5 (the release: 1e-6), and so does the import
+        assert torch.equal(model.video(ours(x), visible, masked), hf(x, bool_masked_pos=mask).logits)
 
 
 def test_a_transformers_classifier_imports_with_the_same_logits(tmp_path):
@@ -165,7 +169,7 @@ def test_a_transformers_classifier_imports_with_the_same_logits(tmp_path):
     classifier.load_head(encoder.classifier_head)
     x = clips()
     with torch.no_grad():
-        assert_close(classifier(ours(x)), hf(x).logits)
+        assert torch.equal(classifier(ours(x)), hf(x).logits)     # fc_norm with transformers' eps 1e-5, exactly
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,22 +194,47 @@ def test_an_exported_encoder_gives_the_same_features_in_transformers(tmp_path, f
 def test_a_3d_position_table_cannot_be_exported(tmp_path, capsys):
     config = ModelConfig(size="tiny", num_frames=4, img_size=32, pos_embed="sincos_3d")
     save_encoder(VideoEncoder(config), config, tmp_path / "encoder.pt")
-    assert main(["export", str(tmp_path / "encoder.pt"), str(tmp_path / "hf")]) == 1
+    assert main(["export", str(tmp_path / "encoder.pt"), str(tmp_path / "hf")]) == 2
     assert "pos_embed = 'sincos_3d'" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 def test_files_that_are_no_encoder_or_no_safetensors_end_in_one_line(tmp_path, capsys):
-    """export of random bytes and import of a truncated .safetensors: exit 1 with one line naming the file, no
+    """export of random bytes and import of a truncated .safetensors: exit 2 with one line naming the file, no
     traceback, nothing written."""
     (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 4)
-    assert main(["export", str(tmp_path / "noise.pt"), str(tmp_path / "hf")]) == 1
+    assert main(["export", str(tmp_path / "noise.pt"), str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sigma-ray export: ") and "noise.pt" in err and "\n" not in err
     (tmp_path / "cut.safetensors").write_bytes(b"\x08\x00\x00")
-    assert main(["import", str(tmp_path / "cut.safetensors"), str(tmp_path / "out")]) == 1
+    assert main(["import", str(tmp_path / "cut.safetensors"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sigma-ray import: ") and "not a readable safetensors file" in err and "\n" not in err
     assert not (tmp_path / "hf").exists() and not (tmp_path / "out").exists()
+
+
+def _truncated(path: Path) -> None:
+    torch.save({"patch_embed.proj.weight": torch.zeros(8, 3, 2, 16, 16)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: torch.save({"patch_embed.proj.weight": torch.zeros(192, 3, 16, 16)}, p),
+     r"patch embedding of shape \(192, 3, 16, 16\) \(4-D\): an image model's, not a video model's"),
+    (lambda p: p.write_text("a note, not weights\n" * 4), r"not a torch weights file .*: a text file \(it starts 'a note"),
+    (lambda p: p.write_bytes(b""), r"not a torch weights file .*: the file is empty \(0 bytes\)"),
+    (_truncated, r"not a torch weights file .*: a zip archive, as torch.save writes, but truncated or damaged"),
+    (lambda p: p.write_bytes(bytes(range(7, 200))), r"not a torch weights file .*: neither a zip archive nor a pickle"),
+], ids=["image ViT", "text", "empty", "truncated", "random"])
+def test_an_unimportable_file_says_what_it_is_in_one_line(tmp_path, capsys, make, says):
+    """Exit 2, one line naming the file and what it holds instead; the hint to re-save a state dict is only for a
+    refused pickle, where it helps."""
+    src = tmp_path / "checkpoint.pth"
+    make(src)
+    assert main(["import", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sigma-ray import: {src}: ") and "\n" not in err, err
+    assert re.search(says, err) and "state dict alone" not in err, err
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -284,7 +313,7 @@ def test_an_extra_or_a_missing_key_is_refused_with_its_name(tmp_path, capsys):
         read_released(tmp_path / "extra.pth")
     del state["encoder.blocks.1.attn.v_bias"]
     torch.save({"model": state}, tmp_path / "missing.pth")
-    assert main(["import", str(tmp_path / "missing.pth"), str(tmp_path / "out")]) == 1
+    assert main(["import", str(tmp_path / "missing.pth"), str(tmp_path / "out")]) == 2
     assert r"missing keys: encoder.blocks.1.attn.v_bias" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()                  # nothing written
 

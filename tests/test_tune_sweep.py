@@ -8,6 +8,8 @@ the driver is interrupted once 2 trials have finished, then the same sweep runs 
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -132,7 +134,10 @@ def interrupted_then_resumed(ray_with_dashboard, sweep_data, tmp_path_factory):
     config = sweep_config(sweep_data, tmp_path_factory.mktemp("sweeps"))
     first = run_sweep(config, fit=interrupt_after(config, 2))
     snapshot = {p.parent.name: p.read_text() for p in Path(config.sweep_dir, "trials").glob("*/metrics.jsonl")}
-    second = run_sweep(config)
+    with contextlib.redirect_stdout(io.StringIO()) as console:   # what the console shows of the resumed sweep
+        second = run_sweep(config)
+    print(console.getvalue(), end="")
+    Path(config.sweep_dir, "console.txt").write_text(console.getvalue())
     return first, second, config, snapshot
 
 
@@ -188,6 +193,8 @@ def test_outputs_tune_results_tensorboard_plots_and_summary(interrupted_then_res
         assert results and all("knn_top1" in r for r in results)   # every result Tune saw has the score
     for name in ("optimization_history.png", "param_importances.png", "params.png"):
         assert (sweep_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    console = (sweep_dir / "console.txt").read_text()
+    assert "[sigma-ray]" in console and "Trial status" not in console and "╭" not in console   # no Tune table
     summary = (sweep_dir / "summary.csv").read_text().splitlines()
     assert len(summary) == N_TRIALS + 1 and summary[0].startswith("rank,number,tune_id,num_prototypes,temperature,sinkhorn_iterations,knn_top1")
 

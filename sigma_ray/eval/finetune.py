@@ -42,7 +42,7 @@ class VideoClassifier(nn.Module):
     def __init__(self, encoder: VideoEncoder, num_classes: int, init_scale: float = 0.001):
         super().__init__()
         self.encoder = encoder
-        self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=encoder.config.fc_norm_eps)
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)

@@ -180,6 +180,8 @@ def _torch_load(path: Path) -> Any:
     try:
         return load_weights(path, "a checkpoint's weights", allow=(argparse.Namespace,))
     except CheckpointError as e:
+        if ": refused to load" not in str(e):      # damaged, empty, text: no advice to re-save helps
+            raise ReleaseFormatError(str(e)) from None
         raise ReleaseFormatError(f"{e}. sigma-ray reads weights only; if the file is yours and trusted, save its "
                                  "state dict alone (torch.save(state_dict, ...)) and import that") from None
 
@@ -340,6 +342,10 @@ def read_released(src: str | Path, num_frames: int | None = None, img_size: int 
     hf_bias_v4 = not any(k.endswith("attention.attention.query.bias") for k in state)
     patch_w = state[f"{ext}patch_embed.proj.weight" if fmt == "release"
                     else f"{ext}embeddings.patch_embeddings.projection.weight"]
+    if patch_w.ndim != 5:
+        raise ReleaseFormatError(f"{source}: patch embedding of shape {tuple(patch_w.shape)} ({patch_w.ndim}-D): an "
+                                 "image model's, not a video model's (embed dim, 3, tubelet, patch, patch); an image "
+                                 "ViT serves as SIGMA-DINO's teacher (objective.teacher_checkpoint), not as an import")
     embed_dim, channels, tubelet, patch, patch_w2 = patch_w.shape
     if channels != 3 or patch != patch_w2:
         raise ReleaseFormatError(f"{source}: patch embedding of shape {tuple(patch_w.shape)}: sigma-ray embeds RGB "
@@ -380,10 +386,12 @@ def read_released(src: str | Path, num_frames: int | None = None, img_size: int 
     image = _setting("img_size", image if image is not None else args.get("input_size"), img_size, where, 224, source)
     final_norm = (f"{ext}norm.weight" if fmt == "release" else f"{ext}layernorm.weight") in state
     default_eps = 1e-6 if fmt == "release" else 1e-12    # the release's, and transformers' VideoMAEConfig default
+    # transformers builds VideoMAEDecoder.norm and the classifier's fc_norm with nn.LayerNorm's default eps
+    head_eps = {"decoder_norm_eps": 1e-5, "fc_norm_eps": 1e-5} if fmt == "transformers" else {}
     try:
         config = ModelConfig(size=size, num_frames=int(frames), img_size=int(image), tubelet=tubelet, patch=patch,
                              pos_embed="sinusoid_1d", norm_eps=float(hf.get("layer_norm_eps", default_eps)),
-                             final_norm=final_norm)
+                             final_norm=final_norm, **head_eps)
         config.validate()
     except ValueError as e:
         raise ReleaseFormatError(f"{source}: {e}") from None

@@ -59,7 +59,10 @@ class ModelConfig:
 
     ``norm_eps`` is every LayerNorm's epsilon (the releases use 1e-6; ``transformers``' VideoMAE configs say
     1e-12). ``final_norm = False`` drops the encoder's last LayerNorm: VideoMAE's fine-tuned classifiers have none
-    (their ``fc_norm`` after mean pooling takes its place), so their encoders are represented exactly.
+    (their ``fc_norm`` after mean pooling takes its place), so their encoders are represented exactly. Two
+    LayerNorms have their own epsilon, because ``transformers`` builds them with PyTorch's default 1e-5 whatever its
+    config says: the decoder's last (``decoder_norm_eps``, None: ``norm_eps``) and a fine-tuned classifier's
+    ``fc_norm`` (``fc_norm_eps``; the releases' 1e-6).
     """
 
     size: str = "base"
@@ -71,6 +74,8 @@ class ModelConfig:
     pos_embed: PosEmbedKind = "sinusoid_1d"
     norm_eps: float = 1e-6
     final_norm: bool = True
+    decoder_norm_eps: float | None = None     # the decoder's last LayerNorm; None: norm_eps
+    fc_norm_eps: float = 1e-6                 # a fine-tuned classifier's LayerNorm after pooling
 
     def validate(self) -> None:
         check_choice("size", self.size, VIT_SIZES)
@@ -79,6 +84,9 @@ class ModelConfig:
         check_range("patch", self.patch, 1)
         check_range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
         check_range("norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)
+        if self.decoder_norm_eps is not None:
+            check_range("decoder_norm_eps", self.decoder_norm_eps, 0.0, 1.0, lo_open=True)
+        check_range("fc_norm_eps", self.fc_norm_eps, 0.0, 1.0, lo_open=True)
         token_grid(self.num_frames, self.img_size, self.img_size, self.tubelet, self.patch)
 
     @property
@@ -222,7 +230,8 @@ class VideoDecoder(nn.Module):
         self.pos_embed = PosEmbed(config.pos_embed, config.grid, size.decoder_dim)
         self.blocks = nn.ModuleList(make_block(size.decoder_dim, size.decoder_heads, size.mlp_ratio,
                                                norm_eps=config.norm_eps) for _ in range(size.decoder_depth))
-        self.norm = nn.LayerNorm(size.decoder_dim, eps=config.norm_eps)
+        eps = config.norm_eps if config.decoder_norm_eps is None else config.decoder_norm_eps
+        self.norm = nn.LayerNorm(size.decoder_dim, eps=eps)
         self.head = nn.Linear(size.decoder_dim, out_dim)
         trunc_normal_(self.mask_token, std=0.02)
 

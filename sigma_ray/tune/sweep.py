@@ -18,6 +18,7 @@ trial's worker placement group through it, and without it the next trial waits f
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -273,7 +274,8 @@ def run_sweep(config: SweepConfig, fit: Callable[[tune.Tuner], Any] = tune.Tuner
         tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(trainable, tune_config=_tune_config(config, total_steps), run_config=_run_config(config))
-    grid = fit(tuner)
+    with tune_console_off():
+        grid = fit(tuner)
 
     study = optuna.load_study(study_name=config.name, storage=config.study_url)
     finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) >= config.num_samples
@@ -310,9 +312,25 @@ def _tune_config(config: SweepConfig, total_steps: int) -> tune.TuneConfig:
                            num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent)
 
 
+@contextlib.contextmanager
+def tune_console_off():
+    """Ray Tune's own console output off while the sweep runs: its current output engine prints a boxed summary
+    of the experiment and where its results go whatever ``verbose`` says; the older engine, which
+    ``RAY_AIR_NEW_OUTPUT=0`` selects, prints nothing at ``verbose=0``. The sweep prints its own lines and summary."""
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+
+
 def _run_config(config: SweepConfig) -> tune.RunConfig:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
     storage = config.storage_path if is_uri(config.storage_path) else str(Path(config.sweep_dir).parent)
-    return tune.RunConfig(name=config.name, storage_path=storage, verbose=1,
+    return tune.RunConfig(name=config.name, storage_path=storage, verbose=0,
                           callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), TBXLoggerCallback()])
