@@ -159,18 +159,75 @@ def test_annotation_lists_webm_height_resize_and_resume(tmp_path, test_videos, r
     assert r4.transcoded == 3
 
 
+def test_a_stride_copy_keeps_every_sth_frame_and_its_windows_are_the_full_copys(tmp_path, test_videos, ray_session):
+    """``--frame-stride 4``: every 4th source frame (stamps 0, 4, 8, ...) at a quarter of the frame rate, the
+    stride in prepared.json; the data layer then reads ``sampling_rate: 4`` as consecutive frames, so a window of
+    the stride copy at rate 1 is the full copy's window at rate 4 (the same stamps); a rate the copy cannot give
+    fails before any work, naming the stride."""
+    import numpy as np
+
+    from sigma_ray.data.annotations import AnnotationError, frame_stride, load_split
+    from sigma_ray.data.clips import ClipMaker, epoch_rows
+
+    src = tmp_path / "raw"
+    (src / "a").mkdir(parents=True)
+    os.symlink(test_videos["phone"], src / "a" / "phone.mp4")                 # 90 stamped frames at 29.97 fps
+    copies = {}
+    for stride in (1, 4):
+        out = tmp_path / f"stride{stride}"
+        prepare(PrepareConfig(out=str(out), src=str(src), size=96, gop=8, frame_stride=stride, task_num_cpus=0.5,
+                              progress=False))
+        copies[stride] = out
+        assert frame_stride(out / "train.csv") == stride
+    full, strided = (read_manifest(copies[s]).to_pylist()[0] for s in (1, 4))
+    assert full["num_frames"] == 90 and strided["num_frames"] == 23 and strided["src_num_frames"] == 90
+    assert strided["fps"] == pytest.approx(full["fps"] / 4)
+    assert strided["duration"] == pytest.approx(23 * 4 / full["fps"])
+    with VideoReader(copies[4] / strided["path"]) as r:
+        assert [read_stamp(f) for f in r.frames(range(23))] == list(range(0, 90, 4))
+
+    def data(stride: int, rate: int) -> DataConfig:
+        out = copies[stride]
+        return DataConfig(train_list=str(out / "train.csv"), val_list=str(out / "train.csv"), root=str(out),
+                          num_frames=8, sampling_rate=rate, input_size=64, decode_short_side=96, batch_size=1)
+
+    for start in (0, 4, 28, 60):                                       # the same window from both copies
+        with VideoReader(copies[1] / full["path"]) as a, VideoReader(copies[4] / strided["path"]) as b:
+            x, y = a.frames(range(start, start + 32, 4)), b.frames(range(start // 4, start // 4 + 8))
+        assert [read_stamp(f) for f in x] == [read_stamp(f) for f in y] == list(range(start, start + 32, 4))
+        assert np.abs(x.astype(int) - y.astype(int)).mean() < 3          # the same pictures (two encodes of them)
+    maker = ClipMaker(data(4, 4), "train")
+    assert maker.rate == 1 and ClipMaker(data(1, 4), "train").rate == 4
+    for seed in range(5):                                              # random train windows: 4 source frames apart
+        row = epoch_rows(load_split(data(4, 4), "train"), data(4, 4), "train", seed)[0]
+        stamps = [read_stamp(f) for f in maker.window(row, np.random.default_rng(seed))]
+        assert stamps == list(range(stamps[0], stamps[0] + 32, 4)) and stamps[0] % 4 == 0
+    with pytest.raises(AnnotationError, match=r"data.sampling_rate = 2 is not a multiple of the frame stride 4"):
+        load_split(data(4, 2), "train")
+    # the Ray pipeline reads the stride in the driver: its decode actors need not see the list's folder
+    from sigma_ray.data.pipeline import ClipPipeline
+
+    assert ClipPipeline(data(4, 4), "train").config.frame_stride == 4
+    assert ClipPipeline(data(1, 4), "train").config.frame_stride == 1
+
+
 def test_cli_arguments():
     import argparse
 
     ns = add_arguments(argparse.ArgumentParser()).parse_args(
-        ["raw/", "out/", "--height", "240", "--resources", '{"decode_node": 0.01}', "--task-cpus", "2"])
+        ["raw/", "out/", "--height", "240", "--resources", '{"decode_node": 0.01}', "--task-cpus", "2",
+         "--frame-stride", "4"])
     cfg = config_from_args(ns)
     assert (cfg.resize, cfg.size, cfg.task_resources, cfg.task_num_cpus) == ("height", 240, {"decode_node": 0.01}, 2)
+    assert cfg.frame_stride == 4 and cfg.encoding()["frame_stride"] == 4
+    assert "frame_stride" not in PrepareConfig(out="o", src="s").encoding()   # earlier copies stay done
     assert config_from_args(add_arguments(argparse.ArgumentParser()).parse_args(["a", "b"])).size == 320
     with pytest.raises(ConfigError, match="SPLIT=FILE"):
         config_from_args(add_arguments(argparse.ArgumentParser()).parse_args(["a", "b", "--list", "x.csv"]))
     with pytest.raises(ConfigError, match="gop"):
         PrepareConfig(out="o", src="s", gop=0).validate()
+    with pytest.raises(ConfigError, match="frame_stride"):
+        PrepareConfig(out="o", src="s", frame_stride=0).validate()
 
 
 def test_every_candidate_is_listed_and_the_output_inside_the_input_is_never_ingested(tmp_path, test_videos,

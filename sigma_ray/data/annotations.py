@@ -5,6 +5,7 @@ ids are stable across epochs, actors and processes (the per-sample RNG and the e
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -96,15 +97,49 @@ def load_folder(root: str | Path, classes: list[str] | None = None) -> tuple[lis
     return records, list(classes)
 
 
+PREPARED_FILE = "prepared.json"   # beside a prepared copy's lists: how ``sigma-ray prepare`` made it
+
+
+def frame_stride(list_path: str | Path) -> int:
+    """Every how many source frames the prepared copy a list belongs to keeps one (``prepared.json`` in the
+    list's folder, written by ``sigma-ray prepare --frame-stride``); 1 when there is none."""
+    folder = Path(list_path) if Path(list_path).is_dir() else Path(list_path).parent
+    meta = folder / PREPARED_FILE
+    if not meta.is_file():
+        return 1
+    try:
+        return int(json.loads(meta.read_text()).get("frame_stride", 1))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise AnnotationError(f"{meta}: unreadable ({e})") from None
+
+
+def clip_rate(config, split: str) -> int:
+    """``data.sampling_rate`` counted in the copy's kept frames (sampling_rate / frame stride: rate 4 on a
+    stride-4 copy takes consecutive frames); the stride is ``data.frame_stride``, or read beside the split's list
+    when that is None. Raises AnnotationError when dense sampling's rate is not a multiple of the stride: those
+    frames are not in the copy."""
+    list_path = config.train_list if split == "train" else config.val_list
+    stride = config.frame_stride
+    if stride is None:
+        stride = frame_stride(list_path) if list_path is not None else 1
+    if config.sampling == "dense" and config.sampling_rate % stride:
+        raise AnnotationError(f"data.sampling_rate = {config.sampling_rate} is not a multiple of the frame stride "
+                              f"{stride} of the prepared copy {list_path} belongs to: use a rate of {stride}, "
+                              f"{2 * stride}, ... or a copy prepared with a smaller --frame-stride")
+    return config.sampling_rate // stride
+
+
 def load_split(config, split: str) -> list[VideoRecord]:
     """The records of ``split`` for a :class:`~sigma_ray.data.config.DataConfig` (val and test read val_list).
 
     A list path naming a directory is read as a folder-per-class layout; val/test then take the class names of
-    the train folder so labels agree. ``root`` applies to the video paths inside list files.
+    the train folder so labels agree. ``root`` applies to the video paths inside list files. A sampling rate the
+    list's prepared copy cannot give (:func:`clip_rate`) is an AnnotationError here, before any work.
     """
     list_path = config.train_list if split == "train" else config.val_list
     if list_path is None:
         raise AnnotationError(f"{'train_list' if split == 'train' else 'val_list'} is not set in the data config")
+    clip_rate(config, split)
     full = Path(list_path)
     if full.is_dir():
         classes = None

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sigma_ray.data.annotations import VideoRecord
+from sigma_ray.data.annotations import VideoRecord, clip_rate
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoReader
 from sigma_ray.data.frame_cache import whole_video
@@ -59,6 +59,7 @@ class ClipMaker:
         config.views(split)  # validates the split name
         self.config = config
         self.split = split
+        self.rate = clip_rate(config, split)   # the sampling rate in the copy's frames (a stride copy keeps fewer)
         self.masks = MaskGenerator(config.grid, config.mask)
 
     def __call__(self, row: Row, epoch: int = 0) -> Sample:
@@ -94,8 +95,8 @@ class ClipMaker:
 
         def indices(n: int) -> np.ndarray:
             if c.sampling == "dense":
-                return (sampling.dense_indices(n, c.num_frames, c.sampling_rate, rng) if train else
-                        sampling.dense_eval_indices(n, c.num_frames, c.sampling_rate, num_clips, clip_i))
+                return (sampling.dense_indices(n, c.num_frames, self.rate, rng) if train else
+                        sampling.dense_eval_indices(n, c.num_frames, self.rate, num_clips, clip_i))
             return (sampling.segment_indices(n, c.num_frames, rng) if train else
                     sampling.segment_eval_indices(n, c.num_frames, num_clips, clip_i))
 

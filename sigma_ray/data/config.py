@@ -31,6 +31,9 @@ class DataConfig:
 
     num_frames: int = 16
     sampling_rate: int = 4                # frame stride of dense sampling (4 for K400, 2 for SSv2)
+    # the prepared copy's frame stride (sigma-ray prepare --frame-stride); None: read from prepared.json beside
+    # the split's list where the clips are made (the Ray pipeline reads it in the driver and passes it on)
+    frame_stride: int | None = None
     sampling: Literal["dense", "segment"] = "dense"
     input_size: int = 224
     decode_short_side: int = 320          # sources larger than this are resized in the decoder (K400 uses 320)
@@ -66,6 +69,8 @@ class DataConfig:
         check_range("num_classes", self.num_classes or 1, 1)
         check_range("num_frames", self.num_frames, 1)
         check_range("sampling_rate", self.sampling_rate, 1, 64)
+        if self.frame_stride is not None:
+            check_range("frame_stride", self.frame_stride, 1, 64)
         check_choice("sampling", self.sampling, ("dense", "segment"))
         check_range("input_size", self.input_size, 16, 4096)
         check_range("decode_short_side", self.decode_short_side, self.input_size, 8192)

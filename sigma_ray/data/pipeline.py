@@ -28,13 +28,14 @@ nodes (``cluster.yaml``'s ``cpu_decode`` advertises ``decode_node: 1``), ``actor
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Iterator
 
 import numpy as np
 import ray
 
-from sigma_ray.data.annotations import VideoRecord, load_split
+from sigma_ray.data.annotations import VideoRecord, frame_stride, load_split
 from sigma_ray.data.clips import ClipMaker, Row, epoch_rows
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoDecodeError
@@ -96,6 +97,9 @@ class ClipPipeline:
 
     def __init__(self, config: DataConfig, split: str = "train", records: list[VideoRecord] | None = None):
         ensure_ray()
+        if config.frame_stride is None:   # the decode actors may run where the list file is not
+            list_path = config.train_list if split == "train" else config.val_list
+            config = dataclasses.replace(config, frame_stride=frame_stride(list_path) if list_path else 1)
         self.config = config
         self.split = split
         self.records = records if records is not None else load_split(config, split)

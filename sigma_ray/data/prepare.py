@@ -14,6 +14,9 @@ Output, under ``out``:
 - ``<split>.csv``: VideoMAE lists (``videos/... label``, paths relative to ``out``: set the data config's
   ``root`` to ``out``) of the videos that were prepared; failed videos are left out of the lists;
 - ``classes.txt`` (folder input): class names, line ``i`` is label ``i``;
+- ``prepared.json``: the frame stride (and encoding) the data layer reads: with ``--frame-stride S`` only every
+  S-th source frame is kept (at 1/S of the frame rate, so frame times stay those of the source), and a
+  ``data.sampling_rate`` of r on the copy takes every (r/S)-th kept frame; r must be a multiple of S;
 - ``manifest.parquet``: one row per listed video: split, source, output, label, status (``ok`` / ``failed`` /
   ``pending`` if the run was interrupted), the failure's reason, frames, fps, size, duration, source size;
 - ``.prepare/journal.jsonl``: one line per finished video, written as results arrive, so an interrupted run
@@ -44,7 +47,7 @@ import av
 from tqdm.auto import tqdm
 
 from sigma_ray.config import ConfigError, check_choice, check_range
-from sigma_ray.data.annotations import UNLABELED, VIDEO_EXTENSIONS, load_list
+from sigma_ray.data.annotations import PREPARED_FILE, UNLABELED, VIDEO_EXTENSIONS, load_list
 from sigma_ray.data.decode import VideoDecodeError, VideoReader, resized_size
 
 SPLIT_DIRS = ("train", "val", "test")
@@ -65,7 +68,8 @@ class PrepareConfig:
 
     resize: Literal["short_side", "height", "none"] = "short_side"
     size: int = 320                            # the short side (or height) after resizing; never upscales
-    gop: int = 16                              # frames between key frames
+    gop: int = 16                              # frames between key frames (kept frames, with frame_stride)
+    frame_stride: int = 1                      # keep every this many-th frame (the training's sampling rate)
     crf: int = 23                              # x264 quality (lower = better, larger files)
     preset: str = "veryfast"                   # x264 speed preset
     tune: Literal["fastdecode", "none"] = "fastdecode"   # fastdecode: the decode actors' work roughly halves
@@ -86,6 +90,7 @@ class PrepareConfig:
         check_choice("resize", self.resize, ("short_side", "height", "none"))
         check_range("size", self.size, 16, 8192)
         check_range("gop", self.gop, 1, 1000)
+        check_range("frame_stride", self.frame_stride, 1, 64)
         check_range("crf", self.crf, 0, 51)
         check_choice("preset", self.preset, ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                                              "slow", "slower", "veryslow"))
@@ -98,9 +103,13 @@ class PrepareConfig:
         check_range("max_in_flight", self.max_in_flight, 0)
 
     def encoding(self) -> dict[str, Any]:
-        """The settings an output depends on (a change redoes every video)."""
-        return {"resize": self.resize, "size": self.size, "gop": self.gop, "crf": self.crf, "preset": self.preset,
-                "tune": self.tune, "codec": "libx264", "frame_tolerance": self.frame_tolerance}
+        """The settings an output depends on (a change redoes every video; a stride of 1 is left out, so copies
+        made before strides existed stay done)."""
+        enc = {"resize": self.resize, "size": self.size, "gop": self.gop, "crf": self.crf, "preset": self.preset,
+               "tune": self.tune, "codec": "libx264", "frame_tolerance": self.frame_tolerance}
+        if self.frame_stride != 1:
+            enc["frame_stride"] = self.frame_stride
+        return enc
 
 
 # ---------------------------------------------------------------------------------------------- the work list
@@ -277,19 +286,24 @@ def _transcode(src: str, dst: str, tmp: str, enc: dict[str, Any], threads: int) 
             raise VideoDecodeError(src, "unknown frame size")
         width, height = output_size(src_w, src_h, enc["resize"], enc["size"])
         os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-        n = 0
+        stride = enc.get("frame_stride", 1)
+        out_rate = rate / stride   # the kept frames keep their times: frame k of the copy is source frame k*stride
+        n = decoded = 0
         with av.open(tmp, "w", format="mp4") as out:
             options = {"crf": str(enc["crf"]), "preset": enc["preset"], "g": str(enc["gop"]),
                        "keyint_min": str(enc["gop"]), "sc_threshold": "0"}   # key frames exactly every gop
             if enc["tune"] != "none":
                 options["tune"] = enc["tune"]
-            o = out.add_stream(enc["codec"], rate=rate, options=options)
+            o = out.add_stream(enc["codec"], rate=out_rate, options=options)
             o.width, o.height, o.pix_fmt = width, height, "yuv420p"
             o.codec_context.thread_count = threads
-            tb = Fraction(1) / rate
+            tb = Fraction(1) / out_rate
             o.codec_context.time_base = tb
             try:
                 for frame in inp.decode(s):
+                    decoded += 1
+                    if (decoded - 1) % stride:
+                        continue
                     f = frame.reformat(width=width, height=height, format="yuv420p")
                     f.pts, f.time_base = n, tb   # constant frame rate: frame i at i / fps
                     # a decoded frame keeps its source picture type, and x264 would make every source key frame
@@ -298,16 +312,16 @@ def _transcode(src: str, dst: str, tmp: str, enc: dict[str, Any], threads: int) 
                     n += 1
                     out.mux(o.encode(f))
             except av.FFmpegError as e:
-                if n == 0:
+                if decoded == 0:
                     raise VideoDecodeError(src, f"decoding failed before the first frame: {e}") from None
-                if not claimed or n < claimed * (1 - enc["frame_tolerance"]) - 1:
-                    raise VideoDecodeError(src, f"decoding failed after {n} of {claimed or '?'} frames: "
+                if not claimed or decoded < claimed * (1 - enc["frame_tolerance"]) - 1:
+                    raise VideoDecodeError(src, f"decoding failed after {decoded} of {claimed or '?'} frames: "
                                                 f"{e}") from None
             if n == 0:
                 raise VideoDecodeError(src, "no frames decoded")
-            if claimed and n < claimed * (1 - enc["frame_tolerance"]) - 1:
+            if claimed and decoded < claimed * (1 - enc["frame_tolerance"]) - 1:
                 raise VideoDecodeError(src, f"shorter than claimed: container claims {claimed} frames, "
-                                            f"{n} decoded")
+                                            f"{decoded} decoded")
             out.mux(o.encode(None))
     with VideoReader(tmp, verify=True) as check:
         info = check.info
@@ -316,8 +330,8 @@ def _transcode(src: str, dst: str, tmp: str, enc: dict[str, Any], threads: int) 
         raise VideoDecodeError(src, f"encoded copy reads back as {info.num_frames} frames of "
                                     f"{info.width}x{info.height}, expected {n} of {width}x{height}")
     os.replace(tmp, dst)
-    return {"num_frames": n, "fps": float(rate), "width": width, "height": height,
-            "duration": float(n / rate), "src_num_frames": int(claimed or n), "src_width": src_w,
+    return {"num_frames": n, "fps": float(out_rate), "width": width, "height": height,
+            "duration": float(n / out_rate), "src_num_frames": int(claimed or decoded), "src_width": src_w,
             "src_height": src_h, "bytes": os.path.getsize(dst)}
 
 
@@ -509,6 +523,9 @@ def _write_outputs(out: Path, items: list[Item], results: dict[str, dict[str, An
         lists[split] = str(path)
     if classes is not None:
         _write_atomic(out / "classes.txt", lambda p: Path(p).write_text("".join(c + "\n" for c in classes)))
+    # read by the data layer (annotations.clip_rate): the sampling rate then counts the copy's frames
+    meta = {"frame_stride": config.frame_stride, "encoding": config.encoding()}
+    _write_atomic(out / PREPARED_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1, sort_keys=True)))
     return lists
 
 
@@ -537,6 +554,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     size.add_argument("--height", type=int, help="resize to this height (240 for SSv2)")
     size.add_argument("--no-resize", action="store_true", help="keep the source size")
     ap.add_argument("--gop", type=int, default=16, help="frames between key frames (default 16)")
+    ap.add_argument("--frame-stride", type=int, default=1,
+                    help="keep every S-th frame (default 1): a copy for one sampling rate, S times smaller and "
+                         "faster to decode; data.sampling_rate must then be a multiple of S")
     ap.add_argument("--crf", type=int, default=23)
     ap.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
     ap.add_argument("--tune", choices=("fastdecode", "none"), default="fastdecode",
@@ -567,7 +587,8 @@ def config_from_args(ns: argparse.Namespace) -> PrepareConfig:
     else:
         resize, size = "short_side", ns.short_side or 320
     cfg = PrepareConfig(out=ns.out, src=ns.src, lists=lists, root=ns.root, labeled=not ns.unlabeled,
-                        resize=resize, size=size, gop=ns.gop, crf=ns.crf, preset=ns.preset, tune=ns.tune,
+                        resize=resize, size=size, gop=ns.gop, frame_stride=ns.frame_stride, crf=ns.crf,
+                        preset=ns.preset, tune=ns.tune,
                         task_num_cpus=ns.task_cpus, task_resources=resources, max_in_flight=ns.max_in_flight,
                         retry_failed=ns.retry_failed, progress=not ns.quiet)
     cfg.validate()
