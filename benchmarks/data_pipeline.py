@@ -152,19 +152,24 @@ def per_core(args) -> list[tuple[str, str, int, float]]:
     k400_like(str(Path(args.shared) / "videos" / "bigbuckbunny.mp4"), raw)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     result = prepare(PrepareConfig(out=str(tmp / "prepared"), src=str(tmp / "raw"), progress=False))
+    strided = prepare(PrepareConfig(out=str(tmp / "stride4"), src=str(tmp / "raw"), frame_stride=4, progress=False))
     ray.shutdown()
-    assert result.ok == 1, result.failed
+    assert result.ok == 1 and strided.ok == 1, (result.failed, strided.failed)
     prepared = str(tmp / "prepared" / "videos" / "k400_like.mp4")
+    stride4 = str(tmp / "stride4" / "videos" / "k400_like.mp4")
     print(f"K400-like file: {raw} (568x320, gop 250); prepared: {prepared} (gop 16), prepare took "
-          f"{result.seconds:.1f} s")
+          f"{result.seconds:.1f} s, {os.path.getsize(prepared)} bytes; stride-4 copy: {stride4} (every 4th frame, "
+          f"gop 16 kept frames), {strided.seconds:.1f} s, {os.path.getsize(stride4)} bytes")
     cfg = DataConfig(decode_short_side=320)   # 16 frames, rate 4, 224 px, multi-scale crop, tube mask 0.9
     ref_name = "VideoMAE-style: decord get_batch + PIL + normalize" if use_decord else \
         "VideoMAE-style: PyAV decode from frame 0 + PIL + normalize (decord not installed)"
     methods: dict[tuple[str, str, int], tuple[Callable[[int], object], int]] = {}
-    for label, path in (("raw", raw), ("prepared", prepared)):
-        methods[(ref_name, label, 1)] = (lambda i, path=path: videomae_reference(path, cfg, i, use_decord), 1)
+    for label, path, stride in (("raw", raw, 1), ("prepared", prepared, 1), ("stride-4 copy", stride4, 4)):
+        if stride == 1:   # the reference samples at rate 4 from every frame; a stride copy has only every 4th
+            methods[(ref_name, label, 1)] = (lambda i, path=path: videomae_reference(path, cfg, i, use_decord), 1)
         for k in (1, 2, 4):
-            maker = ClipMaker(DataConfig(decode_short_side=320, num_repeats=k), "train")
+            # the paper's sampling (16 frames at rate 4): on the stride copy, 16 consecutive kept frames
+            maker = ClipMaker(DataConfig(decode_short_side=320, num_repeats=k, frame_stride=stride), "train")
             methods[("PyAV seek + swscale (ClipMaker)", label, k)] = (
                 lambda i, maker=maker, path=path: maker.make(Row(path, 0, i, 0)), k)
     rates = interleaved_rates(methods, args.clips)
@@ -181,7 +186,8 @@ def per_core(args) -> list[tuple[str, str, int, float]]:
               " | ".join(f"{math.ceil(t / r)}" for t in TARGETS) + " |")
     ours = {(label, k): r for name, label, k, r in rows if name != ref_name}
     print(f"goals: prepared + PyAV {ours[('prepared', 1)] / ref:.2f}x the reference (>= 2x), with 4 repeats "
-          f"{ours[('prepared', 4)] / ref:.2f}x (>= 4x)")
+          f"{ours[('prepared', 4)] / ref:.2f}x (>= 4x); the paper's sampling on the stride-4 copy "
+          f"{ours[('stride-4 copy', 1)] / ref:.2f}x (>= 3.5x: <= 10 cores per GPU at 530 clips/s)")
     return rows
 
 
