@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -259,10 +260,26 @@ def test_command_line(tmp_path, capsys):
 # ------------------------------------------------------------------ Ray's fake multi-node autoscaler
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+_PORTS_GIVEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A free TCP port below the kernel's ephemeral range. A port from ``bind(("", 0))`` is ephemeral, and every
+    Ray worker's gRPC server binds port 0 too, so one of them could take it before ``ray start`` binds it (CI once
+    failed so); ports below the range are never handed out that way."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, lowest_ephemeral)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
 
 
 def _process_tree(root: int, marker: str) -> set[int]:
@@ -381,7 +398,7 @@ def test_fake_multinode_autoscaler_places_the_pretraining_job(tmp_path):
 
     from sigma_ray.ray_compat import node_ip_address
 
-    port = _free_port()
+    port = free_port()
     address = f"{node_ip_address()}:{port}"
     autoscaling = tmp_path / "fake.yaml"
     autoscaling.write_text(yaml.safe_dump(_fake_cluster_config(cfg, address)))
@@ -393,8 +410,8 @@ def test_fake_multinode_autoscaler_places_the_pretraining_job(tmp_path):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [ray_bin, "start", "--head", "--block", f"--port={port}", f"--autoscaling-config={autoscaling}",
            f"--num-cpus={head_res.get('CPU', 0)}", f"--num-gpus={head_res.get('GPU', 0)}",
-           "--include-dashboard=false", f"--dashboard-port={_free_port()}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           "--include-dashboard=false", f"--dashboard-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
            f"--temp-dir={temp_dir}", "--object-store-memory=100000000", "--disable-usage-stats"]
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
