@@ -113,19 +113,29 @@ def frame_stride(list_path: str | Path) -> int:
         raise AnnotationError(f"{meta}: unreadable ({e})") from None
 
 
+def split_list(config, split: str) -> str | None:
+    """The annotation list a split reads: ``train_list`` for train, ``val_list`` for val and test."""
+    return config.train_list if split == "train" else config.val_list
+
+
+def copy_stride(config, split: str) -> int:
+    """The frame stride of the split's copy: ``data.frame_stride``, or read beside its list when that is None."""
+    if config.frame_stride is not None:
+        return config.frame_stride
+    list_path = split_list(config, split)
+    return frame_stride(list_path) if list_path is not None else 1
+
+
 def clip_rate(config, split: str) -> int:
     """``data.sampling_rate`` counted in the copy's kept frames (sampling_rate / frame stride: rate 4 on a
     stride-4 copy takes consecutive frames); the stride is ``data.frame_stride``, or read beside the split's list
     when that is None. Raises AnnotationError when dense sampling's rate is not a multiple of the stride: those
     frames are not in the copy."""
-    list_path = config.train_list if split == "train" else config.val_list
-    stride = config.frame_stride
-    if stride is None:
-        stride = frame_stride(list_path) if list_path is not None else 1
+    stride = copy_stride(config, split)
     if config.sampling == "dense" and config.sampling_rate % stride:
         raise AnnotationError(f"data.sampling_rate = {config.sampling_rate} is not a multiple of the frame stride "
-                              f"{stride} of the prepared copy {list_path} belongs to: use a rate of {stride}, "
-                              f"{2 * stride}, ... or a copy prepared with a smaller --frame-stride")
+                              f"{stride} of the prepared copy {split_list(config, split)} belongs to: use a rate "
+                              f"of {stride}, {2 * stride}, ... or a copy prepared with a smaller --frame-stride")
     return config.sampling_rate // stride
 
 
@@ -136,7 +146,7 @@ def load_split(config, split: str) -> list[VideoRecord]:
     the train folder so labels agree. ``root`` applies to the video paths inside list files. A sampling rate the
     list's prepared copy cannot give (:func:`clip_rate`) is an AnnotationError here, before any work.
     """
-    list_path = config.train_list if split == "train" else config.val_list
+    list_path = split_list(config, split)
     if list_path is None:
         raise AnnotationError(f"{'train_list' if split == 'train' else 'val_list'} is not set in the data config")
     clip_rate(config, split)

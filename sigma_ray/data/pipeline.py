@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 import ray
 
-from sigma_ray.data.annotations import VideoRecord, frame_stride, load_split
+from sigma_ray.data.annotations import VideoRecord, copy_stride, load_split
 from sigma_ray.data.clips import ClipMaker, Row, epoch_rows
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoDecodeError
@@ -97,9 +97,8 @@ class ClipPipeline:
 
     def __init__(self, config: DataConfig, split: str = "train", records: list[VideoRecord] | None = None):
         ensure_ray()
-        if config.frame_stride is None:   # the decode actors may run where the list file is not
-            list_path = config.train_list if split == "train" else config.val_list
-            config = dataclasses.replace(config, frame_stride=frame_stride(list_path) if list_path else 1)
+        # read here: the decode actors may run where the list's folder is not
+        config = dataclasses.replace(config, frame_stride=copy_stride(config, split))
         self.config = config
         self.split = split
         self.records = records if records is not None else load_split(config, split)
