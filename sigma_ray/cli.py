@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kind", default="patterns", choices=KINDS,
                    help="patterns: wall pattern x camera pan (the demo's); motion: object speed x direction over "
-                        "natural-image-like textures; shapes: object shape x direction; scenes: scene kind x camera "
-                        "pan; object: object motion; camera: 8 pans")
+                        "natural-image-like textures; shapes: object shape x direction; fine: 8 directions 45 "
+                        "degrees apart; count: 1-3 back-and-forth cycles per 16 frames (--classes 3 at most); "
+                        "scenes: scene kind x camera pan; object: object motion; camera: 8 pans")
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser("import", help="released SIGMA/VideoMAE or transformers VideoMAE weights -> sigma-ray files",

@@ -12,8 +12,12 @@ from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import read_frames
 from sigma_ray.data.leakage import affine_motion, leak_checks, nearest_centroid, ridge
 from sigma_ray.data.iterator import ClipIterator
-from sigma_ray.data.synthetic import (CAMERA_CLASSES, MOTION_CLASSES, PAN_DIRECTIONS, PATTERN_CLASSES, PATTERN_PERIODS,
-                                      SCENE_CLASSES, make_synthetic, pattern_frames, scene_frames)
+from sigma_ray.config import ConfigError
+from sigma_ray.data.synthetic import (CAMERA_CLASSES, COUNT_CLASSES, COUNT_CYCLES, COUNT_WINDOW, FINE_CLASSES,
+                                      FINE_STEP, MOTION_CLASSES, MOTION_SPEEDS, PAN_DIRECTIONS, PATTERN_CLASSES,
+                                      PATTERN_PERIODS, SCENE_CLASSES, SUPERSAMPLE, TASK_FILE, SyntheticConfig,
+                                      _motion_background, count_frames, make_synthetic, mask_path, motion_frames,
+                                      pattern_frames, read_masks, scene_frames)
 from sigma_ray.model.projection import normalize_tubes, tube_pixels
 
 
@@ -217,3 +221,132 @@ def test_shapes_classes_need_the_objects_shape_and_its_motion(tmp_path_factory):
     assert (nearest_centroid(shape(xtr), ytr % 2, shape(xva)) == yva % 2).mean() > 0.65
     checks = leak_checks(xtr, ytr // 2, xva, yva // 2)
     assert checks["one_frame"] < 1 / 4 + 0.15 and checks["flow"] > 0.9, checks
+
+
+def torus_centroid(mask: np.ndarray, label: int) -> np.ndarray:
+    """(x, y) pixels: the circular mean of the pixels of ``mask`` (size, size) that hold ``label``, the centroid of
+    an object wrapped on the torus (it moves exactly with the object, wherever the edges cut it)."""
+    size = mask.shape[-1]
+    yy, xx = np.nonzero(mask == label)
+    mean = lambda v: np.angle(np.exp(2j * np.pi * v / size).mean()) * size / (2 * np.pi)  # noqa: E731
+    return np.array([mean(xx), mean(yy)])
+
+
+def track(masks: np.ndarray, label: int) -> np.ndarray:
+    """Float (frames, 2): the centroid of ``label``'s pixels from frame to frame, unwrapped (steps of less than half
+    the frame), relative to frame 0."""
+    size = masks.shape[-1]
+    steps = np.diff(np.stack([torus_centroid(m, label) for m in masks]), axis=0)
+    return np.concatenate([np.zeros((1, 2)), np.cumsum((steps + size / 2) % size - size / 2, axis=0)])
+
+
+def test_pattern_masks_cover_exactly_the_flat_objects(tmp_path):
+    """Raw frames: every pixel of object k's mask has that object's one colour, and no pixel outside it does; the
+    masks leave the frames as they were. Decoded frames: the mask's inside is flat within the codec's error."""
+    for c in range(8):
+        frames, masks = pattern_frames(c, 8, 32, np.random.default_rng(c), with_masks=True)
+        assert np.array_equal(frames, pattern_frames(c, 8, 32, np.random.default_rng(c)))
+        assert masks.shape == frames.shape[:3] and masks.dtype == np.uint8 and masks.max() <= 2
+        for k in (1, 2):
+            if (masks == k).any():
+                colour = np.unique(frames[masks == k], axis=0)
+                assert len(colour) == 1, (c, k, colour)
+                assert not (frames[masks != k] == colour).all(-1).any(), (c, k)
+    paths = make_synthetic(tmp_path, num_classes=8, train_per_class=1, val_per_class=1, frames=8, size=64, seed=3,
+                           kind="patterns")
+    for line in open(paths["val"]):
+        rel = line.split()[0]
+        video = read_frames(f"{paths['root']}/{rel}", range(8)).astype(np.float32)
+        masks = read_masks(mask_path(paths["root"], rel))
+        for k in (1, 2):
+            # away from the edges (4:2:0 chroma and the codec's blocks blur them by a pixel or two)
+            inner = masks == k
+            for axis in (1, 2):
+                inner = inner & (np.roll(masks, 1, axis) == k) & (np.roll(masks, -1, axis) == k)
+            if inner.any():
+                pixels = video[inner]
+                assert np.abs(pixels - np.median(pixels, axis=0)).mean() < 6, (rel, k)
+
+
+def test_motion_masks_move_with_the_objects(tmp_path):
+    """The topmost object's mask (no other object hides part of it) moves at the class's velocity, frame by frame,
+    and mask[t] matches the pixels that differ from the empty background at frame t better than mask[t +- 1]."""
+    size, frames = 64, 16
+    for c in range(8):
+        seed = [7, c]
+        video, masks = motion_frames(c, frames, size, np.random.default_rng(seed), with_masks=True)
+        assert np.array_equal(video, motion_frames(c, frames, size, np.random.default_rng(seed)))
+        path = track(masks, masks.max())
+        t = np.arange(frames)
+        velocity = np.polyfit(t, path, 1)[0]
+        assert np.abs(path - np.outer(t, velocity) - (path - np.outer(t, velocity)).mean(0)).max() < 1, c
+        direction = np.array(PAN_DIRECTIONS[list(PAN_DIRECTIONS)[c // 2]])
+        lo, hi = (v * size / 64 for v in MOTION_SPEEDS[list(MOTION_SPEEDS)[c % 2]])
+        assert lo - 0.1 < velocity @ direction < hi + 0.1 and abs(velocity @ direction[::-1]) < 0.1, (c, velocity)
+        # the renderer's own background (its first draws), box-filtered as the frames are
+        res = size * SUPERSAMPLE
+        empty = _motion_background(np.random.default_rng(seed), res).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE,
+                                                                             3).mean((1, 3))
+        changed = np.abs(video - empty).max(-1) > 10
+        iou = lambda a, b: ((a & b).sum((1, 2)) / (a | b).sum((1, 2))).mean()  # noqa: E731
+        fg = masks > 0
+        aligned = iou(fg[1:-1], changed[1:-1])
+        assert aligned > 0.85 and aligned > iou(fg[2:], changed[1:-1]) and aligned > iou(fg[:-2], changed[1:-1]), c
+    paths = make_synthetic(tmp_path, num_classes=8, train_per_class=1, val_per_class=1, frames=frames, size=32,
+                           seed=3, kind="motion")
+    assert Path(paths["masks"]).is_dir()
+    for split in ("train", "val"):
+        for line in open(paths[split]):
+            rel = line.split()[0]
+            masks = read_masks(mask_path(paths["root"], rel))
+            assert masks.dtype == np.uint8
+            assert masks.shape == read_frames(f"{paths['root']}/{rel}", range(frames)).shape[:3]
+            assert 1 <= masks.max() <= 2 and (masks > 0).any((1, 2)).all()
+
+
+def test_fine_classes_are_the_direction_45_degrees_apart(tmp_path):
+    paths = make_synthetic(tmp_path, num_classes=8, train_per_class=8, val_per_class=4, frames=16, size=32, seed=5,
+                           kind="fine")
+    assert open(paths["classes"]).read().split() == list(FINE_CLASSES)
+    factors = json.loads(Path(paths["factors"]).read_text())["factors"]
+    assert factors["diagonal"] == {"values": ["axis", "diagonal"], "of_class": [0, 1] * 4}
+    assert factors["sector"]["of_class"] == [0, 0, 1, 1, 2, 2, 3, 3] and len(factors["sector"]["values"]) == 4
+    xtr, ytr = load(paths, "train")
+    xva, yva = load(paths, "val")
+    off = lambda a, c: (a - FINE_STEP * c + 180) % 360 - 180  # noqa: E731
+    for split, clips, labels in (("train", xtr, ytr), ("val", xva, yva)):
+        rels = [line.split()[0] for line in open(paths[split])]
+        for rel, clip, c in zip(rels, clips, labels):
+            masks = read_masks(mask_path(paths["root"], rel))
+            x, y = track(masks, masks.max())[-1]
+            assert abs(off(np.degrees(np.arctan2(y, x)), c)) < 10, rel
+            tx, ty = affine_motion(clip, threshold=10)[:2]          # the decoded video's global motion
+            assert abs(off(np.degrees(np.arctan2(ty, tx)), c)) < 10, rel
+    thumb = lambda x: x[:, 8].reshape(len(x), 8, 4, 8, 4, 3).mean((2, 4)).reshape(len(x), -1) / 255  # noqa: E731
+    assert (ridge(thumb(xtr), ytr, thumb(xva)) == yva).mean() < 1 / 8 + 0.15
+
+
+def test_count_classes_are_cycles_per_window(tmp_path):
+    """The topmost object's centroid along its swing makes n cycles per COUNT_WINDOW frames: the spectrum's peak,
+    over the window's 16 frames and over the 8 frames a clip at rate 2 takes from it."""
+    for c, n in enumerate(COUNT_CYCLES):
+        for seed in range(3):
+            _, masks = count_frames(c, COUNT_WINDOW, 32, np.random.default_rng([seed, c]), with_masks=True)
+            path = track(masks, masks.max())
+            path -= path.mean(0)
+            along = path @ np.linalg.svd(path, full_matrices=False)[2][0]
+            assert np.abs(np.fft.rfft(along))[1:].argmax() + 1 == n, (c, seed)
+            assert np.abs(np.fft.rfft(along[::2] - along[::2].mean()))[1:].argmax() + 1 == n, (c, seed)
+    paths = make_synthetic(tmp_path, num_classes=3, train_per_class=1, val_per_class=1, frames=16, size=32, seed=2,
+                           kind="count")
+    assert open(paths["classes"]).read().split() == list(COUNT_CLASSES)
+    assert json.loads(Path(paths["task"]).read_text()) == {"task": "count", "count_of_class": [1, 2, 3],
+                                                            "window_frames": 16}
+    assert Path(paths["task"]).name == TASK_FILE and "factors" not in paths
+    assert not (tmp_path / "factors.json").exists() and len(list(Path(paths["masks"]).glob("*.npz"))) == 6
+    with pytest.raises(ValueError):
+        make_synthetic(tmp_path / "four", num_classes=4, kind="count")
+    with pytest.raises(ConfigError):
+        SyntheticConfig(kind="count", num_classes=4).validate()
+    SyntheticConfig(kind="count", num_classes=3).validate()
+    SyntheticConfig(kind="fine", num_classes=8).validate()

@@ -1,6 +1,6 @@
 """Small synthetic video classification sets, written as real mp4 files with VideoMAE lists.
 
-Four kinds (``make_synthetic(kind=...)``):
+Eight kinds (``make_synthetic(kind=...)``):
 
 - ``patterns`` (the demo's): a camera pans over a wall papered with a periodic pattern, in front of which float
   two flat objects. The class is the pattern (checks or a lattice of dots: appearance) *and* the pan direction
@@ -17,13 +17,24 @@ Four kinds (``make_synthetic(kind=...)``):
   seen by every token. Scenes have edges and smooth shading and no pixel noise, meant to make a masked tube's
   content predictable from its neighbours and the motion; at the demo's budget the pixel baseline's loss still
   stays at its trivial value (docs/studies/patterns.md).
+- ``motion``: 1-2 objects covered with dead-leaves textures (natural-image statistics) slide over a blurred,
+  low-contrast dead-leaves background; the class is their speed (slow, fast) and direction (4), 8 classes, and one
+  frame is at chance: only the motion names it.
+- ``shapes``: one disc or cross with a fractal texture slides over a fractal background; the class is its shape and
+  its direction (4), 8 classes (the held-out family of the transfer study).
+- ``fine``: the motion family's scenes with the objects sliding in one of 8 directions 45 degrees apart (the fine-
+  grained task); factors.json also gives the 90-degree sector of each (the coarse 4-way task on the same videos).
+- ``count``: the motion family's scenes with the objects swinging back and forth; the class is the number of cycles
+  in a window of ``COUNT_WINDOW`` = 16 frames (1, 2 or 3), a repetition count (``task.json`` says so).
 - ``object``: one textured object from a shared pool on a textured background from a shared pool; the class
   is the object's motion (left, right, up, down, clockwise, counter-clockwise, approach, recede, fast left, fast
   right); a single frame is at chance.
 - ``camera``: a static object scene from the shared pool under a camera panning in one of 8 directions.
 
 Files are H.264 when available (else MPEG-4); ``train.csv`` / ``val.csv`` hold ``path label`` lines with paths
-relative to the output directory (the data config's ``root``).
+relative to the output directory (the data config's ``root``). For the kinds whose renderer knows its objects
+(``patterns``, ``motion``, ``shapes``, ``fine``, ``count``), ``masks/<video name>.npz`` holds each video's per-frame
+object masks (:func:`mask_path`, :func:`read_masks`), for unsupervised video object segmentation.
 """
 from __future__ import annotations
 
@@ -256,10 +267,13 @@ def _pattern(kind: str, x: np.ndarray, y: np.ndarray, period: float) -> np.ndarr
     return 2 * np.exp(-(dx ** 2 + dy ** 2) / (2 * (period / 5) ** 2)) - 1
 
 
-def pattern_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def pattern_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 (frames, size, size, 3) of ``PATTERN_CLASSES[cls]``: the pattern on a random base colour (each channel
     modulated with its own random sign and weight), two class-neutral objects, and a camera panning in that
-    direction from a random phase, rendered at sub-pixel positions on the torus."""
+    direction from a random phase, rendered at sub-pixel positions on the torus. With ``with_masks``, also the
+    objects' uint8 (frames, size, size) masks: 0 the wall, k the k-th object (the second drawn over the first),
+    exact, since the objects are drawn at the output's resolution with flat colours."""
     kind, direction = PATTERN_KINDS[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
     dx, dy = PAN_DIRECTIONS[direction]
     period = size / PATTERN_PERIODS
@@ -271,14 +285,18 @@ def pattern_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -
                 rng.uniform(*SCENE_RADIUS) * size, rng.uniform(0, 2 * math.pi), rng.uniform(0, 255, 3))
                for _ in range(PATTERN_OBJECTS)]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    out = []
+    out, masks = [], []
     for t in range(frames):
         sx, sy = speed * t * dx, speed * t * dy          # the camera's offset: the content moves the other way
         img = base + amplitude * _pattern(kind, xx + px + sx, yy + py + sy, period)[..., None]
-        for shape, cx, cy, radius, angle, colour in objects:
-            img[_placed_shape(shape, xx - cx + sx, yy - cy + sy, size, radius, angle)] = colour
+        mask = np.zeros((size, size), np.uint8)
+        for k, (shape, cx, cy, radius, angle, colour) in enumerate(objects, 1):
+            inside = _placed_shape(shape, xx - cx + sx, yy - cy + sy, size, radius, angle)
+            img[inside] = colour
+            mask[inside] = k
         out.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
-    return np.stack(out)
+        masks.append(mask)
+    return (np.stack(out), np.stack(masks)) if with_masks else np.stack(out)
 
 
 MOTION_SPEEDS = {"slow": (0.8, 1.2), "fast": (2.0, 3.0)}   # pixels per frame at size 64 (scaled with the size)
@@ -321,44 +339,75 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return np.real(np.fft.ifft2(np.fft.fft2(img, axes=(0, 1)) * gain[..., None], axes=(0, 1)))
 
 
-def _slide(background: np.ndarray, objects: list, velocity: tuple[float, float], frames: int, size: int
-           ) -> np.ndarray:
+def _linear_offsets(velocity: tuple[float, float], frames: int) -> np.ndarray:
+    """Float (frames, 2): the x, y offsets of a constant ``velocity`` (pixels per frame), zero at the video's middle
+    frame (so that the positions drawn for the middle frame are where the objects are then)."""
+    return np.asarray(velocity, np.float64) * (np.arange(frames) - (frames - 1) / 2)[:, None]
+
+
+def _slide(background: np.ndarray, objects: list, offsets: np.ndarray, size: int, with_masks: bool = False
+           ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 (frames, size, size, 3): ``objects`` (shape, centre x, centre y, radius, angle, texture; supersampled
-    pixels) sliding at ``velocity`` (supersampled pixels per frame) over a static supersampled ``background``, each
-    texture moving with its object, on the torus, centred on the video's middle frame; box-filtered to ``size``."""
+    pixels) moved by ``offsets`` (float (frames, 2): every object's x, y offset at each frame, supersampled pixels,
+    rounded to whole ones) over a static supersampled ``background``, each texture moving with its object, on the
+    torus, drawn in order (a later object covers an earlier one); box-filtered to ``size``.
+
+    With ``with_masks``, also the uint8 (frames, size, size) object masks: 0 the background, k the k-th of
+    ``objects``, taken at the supersampled resolution and reduced by majority: an output pixel gets the label that
+    covers most of its SUPERSAMPLE x SUPERSAMPLE sub-pixels, a tie going to the lower label (the background before
+    any object, an earlier object before a later one)."""
     res = background.shape[0]
     yy, xx = np.mgrid[0:res, 0:res].astype(np.float64) + 0.5
-    out = []
-    for t in range(frames):
+    out, masks = [], []
+    for ox, oy in offsets.tolist():
         # whole supersampled pixels, so that the texture and the outline move together
-        sx, sy = (round(v * (t - (frames - 1) / 2)) for v in velocity)
+        sx, sy = round(ox), round(oy)
         img = background.copy()
-        for shape, cx, cy, radius, angle, texture in objects:
+        label = np.zeros((res, res), np.uint8)
+        for k, (shape, cx, cy, radius, angle, texture) in enumerate(objects, 1):
             inside = _placed_shape(shape, xx - cx - sx, yy - cy - sy, res, radius, angle)
             img[inside] = np.roll(texture, (sy, sx), axis=(0, 1))[inside]
+            label[inside] = k
         small = img.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
         out.append(np.clip(np.rint(small), 0, 255).astype(np.uint8))
-    return np.stack(out)
+        blocks = label.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE)
+        votes = np.stack([(blocks == k).sum(axis=(1, 3)) for k in range(len(objects) + 1)])
+        masks.append(votes.argmax(axis=0).astype(np.uint8))     # argmax takes the first of tied labels
+    return (np.stack(out), np.stack(masks)) if with_masks else np.stack(out)
 
 
-def motion_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def _motion_background(rng: np.random.Generator, res: int) -> np.ndarray:
+    """Float (res, res, 3), supersampled: the motion family's background, a dead-leaves image blurred (a camera
+    focused on the objects) and with its contrast lowered around its mean."""
+    background = _blur(dead_leaves(rng, res, SUPERSAMPLE, res / 3), rng.uniform(*MOTION_BLUR) * res / 32)
+    mean = background.mean(axis=(0, 1))
+    return mean + rng.uniform(*MOTION_BACKGROUND_CONTRAST) * (background - mean)
+
+
+def _motion_objects(rng: np.random.Generator, res: int) -> list:
+    """The motion family's 1-2 objects for :func:`_slide` (supersampled pixels): each of random shape, radius and
+    angle, its centre uniform on the torus, covered with its own dead-leaves texture."""
+    return [(MOTION_SHAPES[int(rng.integers(len(MOTION_SHAPES)))], *rng.uniform(0, res, 2),
+             rng.uniform(*MOTION_RADIUS) * res, rng.uniform(0, 2 * math.pi),
+             dead_leaves(rng, res, SUPERSAMPLE / 2, res / 6))
+            for _ in range(int(rng.integers(MOTION_OBJECTS[0], MOTION_OBJECTS[1] + 1)))]
+
+
+def motion_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 (frames, size, size, 3) of ``MOTION_CLASSES[cls]``: 1-2 objects of random shape, size and angle, each
     covered with its own dead-leaves texture, sliding in the class's direction at a speed drawn from the class's
     range, over a static, blurred, low-contrast dead-leaves background; every object's position at the video's
     middle frame is uniform on the torus, so no single frame tells the class. Appearance (shapes, textures,
-    palettes, blur) is drawn independently of the class: only the motion names it."""
+    palettes, blur) is drawn independently of the class: only the motion names it. With ``with_masks``, also the
+    objects' masks (:func:`_slide`)."""
     speed_name, direction = list(MOTION_SPEEDS)[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
     dx, dy = PAN_DIRECTIONS[direction]
     res = size * SUPERSAMPLE
-    background = _blur(dead_leaves(rng, res, SUPERSAMPLE, res / 3), rng.uniform(*MOTION_BLUR) * res / 32)
-    mean = background.mean(axis=(0, 1))
-    background = mean + rng.uniform(*MOTION_BACKGROUND_CONTRAST) * (background - mean)
+    background = _motion_background(rng, res)
     speed = rng.uniform(*MOTION_SPEEDS[speed_name]) * size / 64 * SUPERSAMPLE     # supersampled pixels per frame
-    objects = [(MOTION_SHAPES[int(rng.integers(len(MOTION_SHAPES)))], *rng.uniform(0, res, 2),
-                rng.uniform(*MOTION_RADIUS) * res, rng.uniform(0, 2 * math.pi),
-                dead_leaves(rng, res, SUPERSAMPLE / 2, res / 6))
-               for _ in range(int(rng.integers(MOTION_OBJECTS[0], MOTION_OBJECTS[1] + 1)))]
-    return _slide(background, objects, (speed * dx, speed * dy), frames, size)
+    objects = _motion_objects(rng, res)
+    return _slide(background, objects, _linear_offsets((speed * dx, speed * dy), frames), size, with_masks)
 
 
 SHAPE_KINDS = ("disc", "cross")
@@ -379,12 +428,14 @@ def fractal_noise(rng: np.random.Generator, res: int, exponent: float) -> np.nda
     return rng.uniform(70, 186, 3) + noise @ rng.normal(0, 22, (3, 3))
 
 
-def shapes_frames(cls: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def shapes_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 (frames, size, size, 3) of ``SHAPE_CLASSES[cls]``: one disc or cross (appearance) of random size and
     angle, covered with a smooth fractal texture, sliding in one of four directions (motion) at a random speed over
     a static, blurred fractal background, its position at the middle frame uniform on the torus. The held-out
     family of the transfer study (docs/studies/transfer.md): its textures are not dead leaves, its class needs
-    the object's shape and its motion, and nothing was tuned on it."""
+    the object's shape and its motion, and nothing was tuned on it. With ``with_masks``, also the object's mask
+    (:func:`_slide`)."""
     shape, direction = SHAPE_KINDS[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
     dx, dy = PAN_DIRECTIONS[direction]
     res = size * SUPERSAMPLE
@@ -392,18 +443,78 @@ def shapes_frames(cls: int, frames: int, size: int, rng: np.random.Generator) ->
     speed = rng.uniform(*SHAPE_SPEED) * size / 64 * SUPERSAMPLE
     objects = [(shape, *rng.uniform(0, res, 2), rng.uniform(*SHAPE_RADIUS) * res, rng.uniform(0, 2 * math.pi),
                 fractal_noise(rng, res, rng.uniform(1.5, 2.5)))]
-    return _slide(background, objects, (speed * dx, speed * dy), frames, size)
+    return _slide(background, objects, _linear_offsets((speed * dx, speed * dy), frames), size, with_masks)
 
 
-KINDS = ("patterns", "motion", "shapes", "scenes", "object", "camera")
+FINE_STEP = 45                    # degrees between the directions of neighbouring classes
+# Class c moves at 45 c degrees in image coordinates (0 right, 90 down): odd classes are diagonals (the first factor,
+# c % 2) and classes 2s, 2s + 1 share the 90-degree sector from 90 s degrees (the second, c // 2).
+FINE_CLASSES = tuple(f"dir{FINE_STEP * c:03d}" for c in range(360 // FINE_STEP))
+FINE_SECTORS = tuple(f"sector{90 * s:03d}" for s in range(4))
+FINE_SPEED = (1.0, 2.5)           # pixels per frame at size 64 (scaled with the size), class-neutral: from within
+                                  # motion's slow range to within its fast one
+
+
+def fine_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """uint8 (frames, size, size, 3) of ``FINE_CLASSES[cls]``: the motion family's scene (1-2 dead-leaves-textured
+    objects over a blurred low-contrast dead-leaves background, each object's position at the middle frame uniform
+    on the torus) with every object sliding at ``FINE_STEP * cls`` degrees (image coordinates: 0 right, 90 down) at
+    a speed drawn from FINE_SPEED. Only the direction names the class: the 8-way task tells directions 45 degrees
+    apart, the 4-way sector (factors.json) the coarse task on the same videos. With ``with_masks``, also the
+    objects' masks (:func:`_slide`)."""
+    res = size * SUPERSAMPLE
+    background = _motion_background(rng, res)
+    speed = rng.uniform(*FINE_SPEED) * size / 64 * SUPERSAMPLE          # supersampled pixels per frame
+    objects = _motion_objects(rng, res)
+    angle = math.radians(FINE_STEP * cls)
+    velocity = (speed * math.cos(angle), speed * math.sin(angle))
+    return _slide(background, objects, _linear_offsets(velocity, frames), size, with_masks)
+
+
+COUNT_WINDOW = 16                 # frames over which a class's cycles are counted (8 frames at sampling rate 2)
+# Class c makes c + 1 back-and-forth cycles per COUNT_WINDOW frames. 4 cycles are left out: an 8-frame clip at
+# rate 2 would sample them twice per cycle (the Nyquist limit), aliased: the samples alternate between two points
+# A sin(phi) either side of the centre, so the swing's apparent size depends on its phase and vanishes at phi = 0.
+COUNT_CYCLES = (1, 2, 3)
+COUNT_CLASSES = tuple(f"count{n}" for n in COUNT_CYCLES)
+COUNT_AMPLITUDE = (0.15, 0.3)     # the swing's amplitude (half its extent), fraction of the frame size
+TASK_FILE = "task.json"           # for kinds whose class is a count, not a category: what the label counts
+
+
+def count_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
+                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """uint8 (frames, size, size, 3) of ``COUNT_CLASSES[cls]``: the motion family's scene with its objects swinging
+    back and forth, together (one direction, amplitude and phase per video, all random and class-neutral), at
+    n = ``COUNT_CYCLES[cls]`` cycles per COUNT_WINDOW frames: position(t) = p0 + A sin(2 pi n t / COUNT_WINDOW +
+    phi) u. The class is the count; the amplitude does not depend on it, so the objects' mean speed (4 A n /
+    COUNT_WINDOW pixels per frame) grows with it. With ``with_masks``, also the objects' masks (:func:`_slide`)."""
+    res = size * SUPERSAMPLE
+    background = _motion_background(rng, res)
+    objects = _motion_objects(rng, res)
+    amplitude = rng.uniform(*COUNT_AMPLITUDE) * res                      # supersampled pixels
+    direction, phase = rng.uniform(0, 2 * math.pi, 2)
+    swing = amplitude * np.sin(2 * math.pi * COUNT_CYCLES[cls] * np.arange(frames) / COUNT_WINDOW + phase)
+    offsets = swing[:, None] * np.array([math.cos(direction), math.sin(direction)])
+    return _slide(background, objects, offsets, size, with_masks)
+
+
+KINDS = ("patterns", "motion", "shapes", "fine", "count", "scenes", "object", "camera")
 KIND_CLASSES = {"patterns": PATTERN_CLASSES, "motion": MOTION_CLASSES, "shapes": SHAPE_CLASSES,
-                "scenes": SCENE_CLASSES, "object": CLASSES, "camera": CAMERA_CLASSES}
+                "fine": FINE_CLASSES, "count": COUNT_CLASSES, "scenes": SCENE_CLASSES, "object": CLASSES,
+                "camera": CAMERA_CLASSES}
+# The kinds whose renderer knows its objects exactly, so that make_synthetic writes their masks beside the videos
+# (for unsupervised video object segmentation): each renderer's ``with_masks=True`` returns (frames, masks).
+MASK_RENDERERS = {"patterns": pattern_frames, "motion": motion_frames, "shapes": shapes_frames,
+                  "fine": fine_frames, "count": count_frames}
+MASKS_DIR = "masks"
 # The kinds whose class is a product of two factors: class c has the first factor's value c % 2 and the second's
 # c // 2 (written to factors.json for the evaluation's factor probes, sigma_ray.eval.readouts).
 KIND_FACTORS = {"patterns": {"pattern": PATTERN_KINDS, "direction": tuple(PAN_DIRECTIONS)},
                 "motion": {"speed": tuple(MOTION_SPEEDS), "direction": tuple(PAN_DIRECTIONS)},
                 "shapes": {"shape": SHAPE_KINDS, "direction": tuple(PAN_DIRECTIONS)},
-                "scenes": {"scene": tuple(SCENE_KINDS), "direction": tuple(PAN_DIRECTIONS)}}
+                "scenes": {"scene": tuple(SCENE_KINDS), "direction": tuple(PAN_DIRECTIONS)},
+                "fine": {"diagonal": ("axis", "diagonal"), "sector": FINE_SECTORS}}
 
 
 def class_factors(kind: str, num_classes: int) -> dict[str, dict[str, list]]:
@@ -416,14 +527,30 @@ def class_factors(kind: str, num_classes: int) -> dict[str, dict[str, list]]:
     return out
 
 
+def mask_path(root: str | Path, video_rel_path: str | Path) -> Path:
+    """Where make_synthetic writes the masks of the video at ``video_rel_path`` (relative to ``root``):
+    ``root/masks/<the video's file name without its suffix>.npz``."""
+    return Path(root) / MASKS_DIR / (Path(video_rel_path).stem + ".npz")
+
+
+def read_masks(path: str | Path) -> np.ndarray:
+    """uint8 (frames, size, size) object masks of one video (0 background, k the k-th object drawn)."""
+    with np.load(path) as z:
+        return z["masks"]
+
+
 def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: int = 40, val_per_class: int = 10,
                    frames: int = 32, size: int = 64, seed: int = 0, pool: int = 4, kind: str = "object"
                    ) -> dict[str, str]:
-    """Write the data set under ``out_dir``; returns {"root", "train", "val", "classes"} paths.
+    """Write the data set under ``out_dir``; returns {"root", "train", "val", "classes"} paths, with "factors"
+    (factors.json) for the kinds of KIND_FACTORS, "masks" (the masks' directory) for those of MASK_RENDERERS and
+    "task" (TASK_FILE) for ``count``.
 
     ``kind`` is one of :data:`KINDS` (see the module's docstring); the first ``num_classes`` of its classes are
-    used. ``frames`` is the length of each video (32 lets dense sampling take 16 frames at rate 2);
-    ``pool`` is the number of shared objects and of shared backgrounds (``object`` and ``camera``; every
+    used. For the kinds of MASK_RENDERERS every video's object masks go to :func:`mask_path`
+    (``np.savez_compressed``, key ``"masks"``: uint8 (frames, size, size), 0 background, k the k-th object, the
+    topmost where they overlap). ``frames`` is the length of each video (32 lets dense sampling take 16 frames at
+    rate 2); ``pool`` is the number of shared objects and of shared backgrounds (``object`` and ``camera``; every
     ``patterns`` and ``scenes`` video has its own). Deterministic in ``seed``.
     """
     if kind not in KINDS:
@@ -435,7 +562,9 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
         raise ValueError(f"size = {size} must be an even number >= 16")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    if kind not in ("scenes", "patterns", "motion", "shapes"):
+    if kind in MASK_RENDERERS:
+        (out / MASKS_DIR).mkdir(exist_ok=True)
+    if kind in ("object", "camera"):
         pool_rng = np.random.default_rng([seed, 0])
         backgrounds = [_smooth_texture(pool_rng, size, cells=int(pool_rng.integers(4, 9))) for _ in range(pool)]
         objects = [_object(pool_rng, 32) for _ in range(pool)]
@@ -446,19 +575,16 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
         for i in range(num_classes * per_class):
             cls = i % num_classes
             rng = np.random.default_rng([seed, split_id, i])
-            if kind == "scenes":
+            rel = f"videos/{split}_{i:05d}.mp4"
+            if kind in MASK_RENDERERS:
+                video, masks = MASK_RENDERERS[kind](cls, frames, size, rng, with_masks=True)
+                np.savez_compressed(mask_path(out, rel), masks=masks)
+            elif kind == "scenes":
                 video = scene_frames(cls, frames, size, rng)
-            elif kind == "patterns":
-                video = pattern_frames(cls, frames, size, rng)
-            elif kind == "motion":
-                video = motion_frames(cls, frames, size, rng)
-            elif kind == "shapes":
-                video = shapes_frames(cls, frames, size, rng)
             else:
                 bg = backgrounds[int(rng.integers(pool))]
                 tex, shape = objects[int(rng.integers(pool))]
                 video = render(cls, frames, size, rng, bg, tex, shape)
-            rel = f"videos/{split}_{i:05d}.mp4"
             write_mp4(out / rel, video)
             lines.append(f"{rel} {cls}\n")
         (out / f"{split}.csv").write_text("".join(lines))
@@ -469,6 +595,12 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
     if factors:
         (out / "factors.json").write_text(json.dumps({"kind": kind, "factors": factors}, indent=1))
         paths["factors"] = str(out / "factors.json")
+    if kind in MASK_RENDERERS:
+        paths["masks"] = str(out / MASKS_DIR)
+    if kind == "count":
+        task = {"task": "count", "count_of_class": list(COUNT_CYCLES[:num_classes]), "window_frames": COUNT_WINDOW}
+        (out / TASK_FILE).write_text(json.dumps(task, indent=1))
+        paths["task"] = str(out / TASK_FILE)
     return paths
 
 

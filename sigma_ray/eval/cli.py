@@ -8,7 +8,9 @@
         --config experiments/configs/eval_k400.yaml --set use_ray=true --num-gpus 1
 
 ``--encoder`` is an ``encoder.pt``, a run directory or a checkpoint directory; ``--set section.field=value``
-values are parsed as YAML. Exit status: 0 done, 2 configuration error, 1 evaluation failed.
+values are parsed as YAML. ``--suite RUN_OR_DEMO_DIR...`` runs the evaluation suite instead
+(:mod:`sigma_ray.eval.suite`: every run's encoder, and the random initial weights of each seed, on its
+pretraining set and on ``--sets DIR...``; writes suite.json and suite.md into ``--out``). Exit status: 0 done, 2 configuration error, 1 evaluation failed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,13 @@ def build_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p.add_argument("--num-gpus", type=float, default=0.0,
                    help="run the evaluation as a Ray task holding this many GPUs (a cluster's GPU node); "
                         "paths must then be visible from that node")
+    p.add_argument("--suite", nargs="+", default=None, metavar="RUN_DIR",
+                   help="run the evaluation suite on these run directories (or directories of them, e.g. a demo's "
+                        "output) instead of one protocol run")
+    p.add_argument("--sets", nargs="*", default=[], metavar="DATA_DIR",
+                   help="with --suite: more data sets (train.csv/val.csv) to evaluate every encoder on")
+    p.add_argument("--only-sets", action="store_true",
+                   help="with --suite: evaluate on --sets only, not on the runs' own pretraining sets")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -47,6 +56,8 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None, prog: str = "evaluate") -> int:
     args = build_parser(prog).parse_args(argv)
+    if args.suite:
+        return suite_main(args)
 
     def run(config) -> int:
         from sigma_ray.eval.run import evaluate, evaluate_as_ray_task
@@ -57,6 +68,19 @@ def main(argv: list[str] | None = None, prog: str = "evaluate") -> int:
 
     return run_config_command(lambda: config_from_args(args), run, args.dry_run,
                               {FileNotFoundError: 1, ValueError: 1})
+
+
+def suite_main(args: argparse.Namespace) -> int:
+    from sigma_ray.config import ConfigError
+    from sigma_ray.eval.suite import run_suite
+
+    try:
+        result = run_suite(args.suite, args.sets, args.out or "runs/suite", own_sets=not args.only_sets)
+    except (FileNotFoundError, ConfigError) as e:
+        print(f"sigma-ray eval --suite: {e}", file=sys.stderr)
+        return 2
+    print(open(f"{args.out or 'runs/suite'}/suite.md").read())
+    return 0 if result["rows"] else 1
 
 
 if __name__ == "__main__":
