@@ -18,7 +18,8 @@
    of one clip's codes.
 
 Everything lands in ``out_dir`` (default ``runs/demo``): ``synthetic/``, one run directory per method and seed,
-``results.json``, ``report.md`` and the PNGs. Running it again reuses finished runs (their checkpoints).
+``supervised_seed<N>/`` (the supervised bound's encoder, for ``sigma-ray eval --suite``), ``results.json``,
+``report.md`` and the PNGs. Running it again reuses finished runs (their checkpoints).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, merge_overrides
+from sigma_ray.config import (ConfigError, check_choice, check_range, from_dict, merge_overrides, save_yaml,
+                              to_dict)
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.synthetic import KINDS, SyntheticConfig, class_factors, ensure_synthetic
 from sigma_ray.eval.features import eval_batches
@@ -357,6 +359,16 @@ def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Modul
     return model.encoder.eval(), result
 
 
+def save_supervised(encoder: torch.nn.Module, config: PretrainConfig, run_dir: Path) -> None:
+    """Keep the supervised bound's encoder as a run directory (``encoder.pt`` and the ``config.yaml`` of the run
+    whose clips and steps it shared), so that ``sigma-ray eval --suite`` evaluates it beside the pretrained ones."""
+    from sigma_ray.model.export import save_encoder
+
+    save_encoder(encoder, config.model, run_dir / "encoder.pt",
+                 meta={"supervised_bound": True, "seed": config.train.seed})
+    save_yaml(to_dict(dataclasses.replace(config, name=run_dir.name)), run_dir / "config.yaml")
+
+
 def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bool = True, batches: int = 8,
                        seed: int = 0, target_motion: bool = False) -> float:
     """The pixel baseline's loss when it predicts one constant for every masked tube, the targets' mean: 0 for
@@ -653,6 +665,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
                   flush=True)
             t0 = time.perf_counter()
             encoders["supervised"], sup = supervised_bound(demo, data, random_encoder, seed, dataset.num_train)
+            save_supervised(encoders["supervised"], config, out / run_name("supervised", seed))
             seconds["supervised"].append(time.perf_counter() - t0)
             supervised_head[seed] = sup["finetune_top1"]
         print(f"[demo] seed {seed}: evaluating {', '.join(METHODS[k] for k in encoders)} (kNN, linear, time-slice "

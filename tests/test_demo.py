@@ -129,6 +129,13 @@ def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
         assert f"({png})" in report
     assert 0 < out["trivial_pixel_loss"] <= 1.0
+    # the supervised bound is kept as a run directory the evaluation suite reads
+    from sigma_ray.eval.run import load_any_encoder
+    from sigma_ray.eval.suite import describe_run
+    for seed in (0, 1):
+        entry, _ = describe_run(tmp_path / f"supervised_seed{seed}")
+        assert (entry.method, entry.seed, entry.pretrained_on) == ("supervised", seed, "patterns")
+        assert load_any_encoder(entry.run_dir)[0].config == pretrain_config(demo, "sigma_mlp", seed).model
 
 
 def test_the_tuning_config_is_the_demos_run_on_another_data_set():

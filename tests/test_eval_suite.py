@@ -39,12 +39,14 @@ def test_suite_runs_every_task_and_writes_the_tables(tmp_path):
     assert set(read_set(fine).factors) == {"diagonal", "sector"}
     for seed in (0, 1):
         fake_run(tmp_path, f"sigma_mlp_seed{seed}", "sigma_mlp", seed, count)
+    fake_run(tmp_path, "supervised_seed0", "sigma_mlp", 0, count)      # as the demo keeps its supervised bound
     out = tmp_path / "suite"
     assert main(["--suite", str(tmp_path / "runs"), "--sets", fine, "--out", str(out)]) == 0
     result = json.loads((out / "suite.json").read_text())
     rows = [r for r in result["rows"] if r["method"] != "pixels"]
-    # 2 runs + the random weights of each of their 2 seeds, on 2 sets
-    assert len(rows) == 8 and {r["set"] for r in rows} == {"count", "fine"}
+    # 2 runs, the supervised one and the random weights of each of the 2 seeds, on 2 sets
+    assert len(rows) == 10 and {r["set"] for r in rows} == {"count", "fine"}
+    assert sum(r["method"] == "supervised" for r in rows) == 2 and sum(r["method"] == "random" for r in rows) == 4
     on_count = next(r for r in rows if r["set"] == "count")["metrics"]
     for key in ("linear_top1", "knn20_top1", "attentive_top1", "linear_4shot_top1", "arrow_top1", "count_mae",
                 "vos_hungarian_patch", "vos_greedy_pixel"):
