@@ -128,18 +128,11 @@ def test_finegym(tmp_path):
     with pytest.raises(ValueError, match="Gym99 and Gym288"):
         finegym_lists(tmp_path, tmp_path / "x", num_classes=100)
 
-    (tmp_path / "gym99_val_element.txt").write_text("v 5\nw 99\n")
-    with pytest.raises(ValueError, match=r"gym99_val_element\.txt:2: label 99 is not in \[0, 99\)"):
-        finegym_lists(tmp_path, tmp_path / "x")
-    (tmp_path / "gym99_val_element.txt").write_text("v 5\nw -1\n")
-    with pytest.raises(ValueError, match=r"gym99_val_element\.txt:2: label -1 is not in"):
-        finegym_lists(tmp_path, tmp_path / "x")
-    (tmp_path / "gym99_val_element.txt").write_text("v 5\n\nw\n")
-    with pytest.raises(ValueError, match=r"gym99_val_element\.txt:3: expected '<clip_name> <label>'"):
-        finegym_lists(tmp_path, tmp_path / "x")
-    (tmp_path / "gym99_val_element.txt").write_text("v five\n")
-    with pytest.raises(ValueError, match=r"gym99_val_element\.txt:1: expected"):
-        finegym_lists(tmp_path, tmp_path / "x")
+    for content, message in (("v 5\nw 99\n", r":2: label 99 is not in \[0, 99\)"), ("v 5\nw -1\n", r":2: label -1 is not in"),
+                             ("v 5\n\nw\n", r":3: expected '<clip_name> <label>'"), ("v five\n", r":1: expected")):
+        (tmp_path / "gym99_val_element.txt").write_text(content)
+        with pytest.raises(ValueError, match=r"gym99_val_element\.txt" + message):
+            finegym_lists(tmp_path, tmp_path / "x")
 
 
 CHARADES_HEADER = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"

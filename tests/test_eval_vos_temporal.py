@@ -8,7 +8,8 @@ from sklearn.cluster import KMeans
 from sigma_ray.eval.features import Features
 from sigma_ray.eval.temporal import arrow_of_time, arrow_pairs, count_regression, reversed_batches, ridge_fit
 from sigma_ray.eval.vos import (greedy_objects, hungarian_objects, iou_matrix, kmeans, object_jaccard,
-                                segment_clip, tube_labels, upsample_tubes, vos_scores, MaskedClips, window_indices)
+                                segment_clip, tube_labels, upsample_tubes, vos_scores, MaskedClips)
+from sigma_ray.data.sampling import dense_eval_indices
 
 
 def test_jaccard_by_hand():
@@ -81,9 +82,9 @@ def test_vos_scores_pixel_reference_finds_a_flat_object():
     assert out["vos_hungarian_pixel"] == pytest.approx(100.0) and out["vos_clips"] == 2
 
 
-def test_window_indices_are_centred():
-    assert window_indices(32, 8, 2) == list(range(8, 24, 2))
-    assert window_indices(5, 4, 2) == [0, 2, 4, 4]
+def test_the_segmentation_window_is_the_centred_val_view():
+    assert dense_eval_indices(32, 8, 2, 1, 0).tolist() == list(range(8, 24, 2))
+    assert dense_eval_indices(5, 4, 2, 1, 0).tolist() == [0, 2, 4, 4]
 
 
 def _feats(x, labels):

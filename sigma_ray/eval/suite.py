@@ -40,7 +40,7 @@ from sigma_ray.eval.linear import linear_probe
 from sigma_ray.eval.metrics import log
 from sigma_ray.eval.readouts import attentive_probe, extract_tokens, factor_features, read_factors
 from sigma_ray.eval.temporal import arrow_of_time, count_regression, reversed_batches
-from sigma_ray.eval.vos import MaskedClips, vos_scores, window_indices
+from sigma_ray.eval.vos import MaskedClips, vos_scores
 
 SHOTS = (4, 16)
 METHOD_NAMES = {"sigma_mlp": "SIGMA-MLP", "sigma_dino": "SIGMA-DINO", "videomae": "VideoMAE", "random": "random init",
@@ -79,7 +79,7 @@ def read_set(root: str | Path) -> SuiteSet:
         task = json.loads((root / TASK_FILE).read_text())
         if task.get("task") == "count":
             counts = [int(c) for c in task["count_of_class"]]
-            name = task.get("kind", "count") if name == "synthetic" else name
+            name = "count" if name == "synthetic" else name   # a demo's set directory is named "synthetic"
     return SuiteSet(name, str(root), max(labels) + 1, read_factors(root), counts, (root / MASKS_DIR).is_dir())
 
 
@@ -141,16 +141,18 @@ def set_data(base: DataConfig, suite_set: SuiteSet) -> DataConfig:
 
 
 def masked_clips(data: DataConfig, limit: int) -> MaskedClips:
-    """The first ``limit`` val videos' centred windows (``data.num_frames`` at ``data.sampling_rate``) with their
+    """The first ``limit`` val videos' single val views in time (the centred window of ``data.num_frames`` at
+    ``data.sampling_rate``, :func:`~sigma_ray.data.sampling.dense_eval_indices`) with their
     object masks; the frames must be ``input_size`` square (the synthetic sets are written at the clip size)."""
     from sigma_ray.data.annotations import load_split
     from sigma_ray.data.decode import read_frames
+    from sigma_ray.data.sampling import dense_eval_indices
     from sigma_ray.data.synthetic import mask_path, read_masks
 
     frames, masks = [], []
     for record in load_split(data, "val")[:limit]:
         mask = read_masks(mask_path(data.root, Path(record.path).relative_to(data.root)))
-        idx = window_indices(mask.shape[0], data.num_frames, data.sampling_rate)
+        idx = dense_eval_indices(mask.shape[0], data.num_frames, data.sampling_rate, 1, 0).tolist()
         clip = read_frames(record.path, idx)
         if clip.shape[1:3] != (data.input_size, data.input_size):
             raise ValueError(f"{record.path}: frames {clip.shape[2]}x{clip.shape[1]}, the encoder takes "

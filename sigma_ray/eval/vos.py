@@ -17,8 +17,6 @@ k-means++ seeding and Lloyd iterations, several restarts, deterministic in the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -190,17 +188,3 @@ def vos_scores(encoder: nn.Module | None, data: MaskedClips, tubelet: int, patch
     out = {f"vos_{k}": 100.0 * float(np.mean([c[k] for c in per_clip])) for k in per_clip[0]}
     out["vos_clips"] = float(len(per_clip))
     return out
-
-
-def window_indices(num_video_frames: int, num_frames: int, rate: int) -> list[int]:
-    """The centred window of ``num_frames`` frames at ``rate`` (the val split's single view in time); frames past
-    a short video's end repeat its last one."""
-    span = num_frames * rate
-    start = max((num_video_frames - span) // 2, 0)
-    return [min(start + i * rate, num_video_frames - 1) for i in range(num_frames)]
-
-
-def stack_masked(items: Iterable[tuple[np.ndarray, np.ndarray]]) -> MaskedClips:
-    """(frames ``T x H x W x 3``, masks ``T x H x W``) pairs -> :class:`MaskedClips`."""
-    frames, masks = zip(*items)
-    return MaskedClips(torch.from_numpy(np.stack(frames)), np.stack(masks))
