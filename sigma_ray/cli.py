@@ -51,8 +51,8 @@ def _demo(args: argparse.Namespace) -> int:
     from sigma_ray.demo import DemoConfig, quick_config, run_demo, with_data, with_overrides
 
     base = quick_config() if args.quick else DemoConfig()
-    changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps), ("seeds", args.seeds))
-               if v is not None}
+    changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps), ("seeds", args.seeds),
+                                 ("suite", args.suite or None)) if v is not None}
     demo = dataclasses.replace(base, **changes)
     if args.data is not None:
         demo = with_data(demo, args.data, keep_out_dir=args.out is not None)
@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                         "alone names the class; shapes: shape x direction), written under OUT/synthetic, or a "
                         "directory with VideoMAE lists train.csv / val.csv (paths relative to it). The output "
                         "directory defaults to runs/demo_NAME for anything but patterns")
+    p.add_argument("--suite", action="store_true",
+                   help="then run the evaluation suite on fresh held-back copies of the generated families "
+                        "(probes, 4/16 per class, fine-tuning curves, arrow of time, counting, multi-label, "
+                        "segmentation) and add its tables to report.md (OUT/suite/suite.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any sigma_ray.demo.DemoConfig field, e.g. sigma.queue_length=0, "
                    "pixels.normalize_target=false, supervised=false (repeatable)")
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="patterns: wall pattern x camera pan (the demo's); motion: object speed x direction over "
                         "natural-image-like textures; shapes: object shape x direction; fine: 8 directions 45 "
                         "degrees apart; count: 1-3 back-and-forth cycles per 16 frames (--classes 3 at most); "
-                        "scenes: scene kind x camera pan; object: object motion; camera: 8 pans")
+                        "scenes: scene kind x pan; object: its motion; camera: 8 pans; arrow: paint/melt x direction")
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser("import", help="released SIGMA/VideoMAE or transformers VideoMAE weights -> sigma-ray files",

@@ -16,6 +16,9 @@
    VideoMAE > random init, and writes ``report.md`` with the plots: loss curves with the pixel target's trivial
    loss, both sides' prototype usage, the codes per clip, kNN and the effective rank during training, and a strip
    of one clip's codes.
+6. With ``suite`` (``sigma-ray demo --suite``): the evaluation suite (:mod:`sigma_ray.eval.suite`) on the same
+   encoders and fresh held-back copies of the generated families, with fine-tuning on 4 / 16 / all labelled
+   videos per class on the demo's own family; its tables join ``report.md`` (``suite/``).
 
 Everything lands in ``out_dir`` (default ``runs/demo``): ``synthetic/``, one run directory per method and seed,
 ``supervised_seed<N>/`` (the supervised bound's encoder, for ``sigma-ray eval --suite``), ``results.json``,
@@ -150,6 +153,17 @@ class DemoConfig:
     # base lr of the supervised bound: the best of 0.006, 0.012, 0.024 by its own head's val top-1 on the tuning
     # copy (data seed 1), mean of 3 seeds (docs/studies/patterns.md, "The demo's settings")
     supervised_lr: float = 0.006
+    # ``sigma-ray demo --suite``: after the demo, the evaluation suite (sigma_ray.eval.suite) on fresh copies of
+    # these families written with ``suite_data_seed`` (no run, tuning or choice used that seed), each with
+    # ``suite_train`` / ``suite_val`` videos in all (the per-class counts follow from the class counts), and
+    # fine-tuning with 4 / 16 / all labelled videos per class on the copy of the demo's own family
+    suite: bool = False
+    suite_kinds: tuple[str, ...] = ("patterns", "motion", "fine", "count", "arrow")
+    suite_data_seed: int = 3
+    suite_train: int = 240
+    suite_val: int = 120
+    suite_finetune: bool = True
+    suite_finetune_epochs: int = 10       # epochs of the laptop fine-tuning recipe (eval.efficiency.LAPTOP_FINETUNE)
     sigma: SigmaSettings = field(default_factory=SigmaSettings)
     pixels: PixelSettings = field(default_factory=PixelSettings)
 
@@ -167,6 +181,14 @@ class DemoConfig:
         check_range("attentive_epochs", self.attentive_epochs, 1)
         check_range("supervised_lr", self.supervised_lr, 0.0, lo_open=True)
         check_range("decode_cache_mb", self.decode_cache_mb, 0.0, 2.0**20)
+        for kind in self.suite_kinds:
+            check_choice("suite_kinds", kind, KINDS)
+        check_range("suite_train", self.suite_train, 1)
+        check_range("suite_val", self.suite_val, 1)
+        check_range("suite_finetune_epochs", self.suite_finetune_epochs, 1)
+        if self.suite and self.data_dir is None and self.suite_data_seed == self.data_seed:
+            raise ConfigError(f"suite_data_seed = {self.suite_data_seed} is the demo's own data_seed: the suite's "
+                              "copies would not be held back")
         if self.torch_threads is not None:
             check_range("torch_threads", self.torch_threads, 1, 1024)
         if self.num_classes * self.train_per_class < self.batch_size:
@@ -189,7 +211,9 @@ def quick_config(out_dir: str = "runs/demo_quick") -> DemoConfig:
     """The smallest end-to-end run (tests, a first look): every step of the demo in about a minute."""
     return DemoConfig(out_dir=out_dir, num_classes=4, train_per_class=4, val_per_class=2, batch_size=4, steps=4,
                       warmup_steps=1, probe_every=2, probe_per_class=2, linear_epochs=5,
-                      sigma=SigmaSettings(num_prototypes=16, projection_hidden=(64,), queue_length=64))
+                      sigma=SigmaSettings(num_prototypes=16, projection_hidden=(64,), queue_length=64),
+                      suite_kinds=("patterns", "count", "arrow"), suite_train=24, suite_val=12,
+                      suite_finetune_epochs=1)
 
 
 def with_overrides(demo: DemoConfig, overrides: list[str]) -> DemoConfig:
@@ -359,14 +383,38 @@ def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Modul
     return model.encoder.eval(), result
 
 
-def save_supervised(encoder: torch.nn.Module, config: PretrainConfig, run_dir: Path) -> None:
+SUPERVISED_FILE = "supervised.json"      # the bound's own result, written last: a finished bound has it
+
+
+def save_supervised(encoder: torch.nn.Module, config: PretrainConfig, run_dir: Path, result: dict,
+                    supervised_lr: float) -> None:
     """Keep the supervised bound's encoder as a run directory (``encoder.pt`` and the ``config.yaml`` of the run
-    whose clips and steps it shared), so that ``sigma-ray eval --suite`` evaluates it beside the pretrained ones."""
+    whose clips and steps it shared), so that ``sigma-ray eval --suite`` evaluates it beside the pretrained ones,
+    and its head's val top-1, steps, seconds and lr (``supervised.json``), so that a rerun reuses it."""
     from sigma_ray.model.export import save_encoder
 
     save_encoder(encoder, config.model, run_dir / "encoder.pt",
                  meta={"supervised_bound": True, "seed": config.train.seed})
     save_yaml(to_dict(dataclasses.replace(config, name=run_dir.name)), run_dir / "config.yaml")
+    keep = {k: result[k] for k in ("finetune_top1", "steps", "seconds")}
+    (run_dir / SUPERVISED_FILE).write_text(json.dumps({**keep, "supervised_lr": supervised_lr}))
+
+
+def load_supervised(config: PretrainConfig, run_dir: Path, supervised_lr: float
+                    ) -> tuple[torch.nn.Module, dict] | None:
+    """A finished supervised bound of the same run (its config.yaml equals ``config`` up to the name, the same
+    lr) from ``run_dir``, as ``(encoder, result)``; None when there is none to reuse."""
+    from sigma_ray.config import load_yaml
+    from sigma_ray.eval.run import load_any_encoder
+
+    done = run_dir / SUPERVISED_FILE
+    if not done.is_file():
+        return None
+    result = json.loads(done.read_text())
+    same = load_yaml(run_dir / "config.yaml") == to_dict(dataclasses.replace(config, name=run_dir.name))
+    if not same or result.get("supervised_lr") != supervised_lr:
+        return None
+    return load_any_encoder(str(run_dir))[0].eval(), result
 
 
 def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bool = True, batches: int = 8,
@@ -617,6 +665,45 @@ def _probe(demo: DemoConfig, data: DataConfig, out: Path) -> KnnProbe:
                     data.num_classes, k=20)
 
 
+def suite_set_roots(demo: DemoConfig, out: Path) -> list[str]:
+    """The held-back copies of ``demo.suite_kinds`` for the demo's suite, written under ``out/suite_sets`` on
+    first use (data seed ``suite_data_seed``; ``suite_train`` / ``suite_val`` videos split evenly over the classes,
+    as many classes as the demo's set where the family has them)."""
+    from sigma_ray.data.synthetic import KIND_CLASSES, make_synthetic
+
+    roots = []
+    for kind in demo.suite_kinds:
+        classes = min(demo.num_classes, len(KIND_CLASSES[kind]))
+        root = out / "suite_sets" / kind
+        if not (root / "val.csv").is_file():   # the lists are written last: a set without them is rewritten
+            print(f"[demo] suite: writing the held-back {kind} set (data seed {demo.suite_data_seed})", flush=True)
+            make_synthetic(root, num_classes=classes, train_per_class=max(1, demo.suite_train // classes),
+                           val_per_class=max(1, demo.suite_val // classes), frames=demo.video_frames,
+                           size=demo.size, seed=demo.suite_data_seed, kind=kind)
+        roots.append(str(root))
+    return roots
+
+
+def run_demo_suite(demo: DemoConfig, out: Path) -> str:
+    """The evaluation suite on this demo's runs of its seeds (SIGMA-MLP, VideoMAE, the supervised bound and the
+    random initial weights) and the held-back sets; returns the Markdown of ``out/suite/suite.md`` for the
+    report, its images' paths made relative to ``out``."""
+    from sigma_ray.eval.efficiency import LAPTOP_FINETUNE
+    from sigma_ray.eval.suite import run_suite
+
+    runs = [out / run_name(kind, seed) for seed in demo.seed_list for kind in (*PRETRAINED, "supervised")
+            if (out / run_name(kind, seed) / "config.yaml").is_file()]
+    finetune = ((demo.data_kind,) if demo.suite_finetune and demo.data_dir is None
+                and demo.data_kind in demo.suite_kinds else ())
+    print(f"[demo] suite: {len(runs)} runs and the random initial weights on {', '.join(demo.suite_kinds)}"
+          + (f"; fine-tuning on {finetune[0]}" if finetune else ""), flush=True)
+    run_suite(runs, suite_set_roots(demo, out), out / "suite", own_sets=False, linear_epochs=demo.linear_epochs,
+              attentive_epochs=demo.attentive_epochs, seed=demo.seed, finetune_sets=finetune,
+              finetune_config=dataclasses.replace(LAPTOP_FINETUNE, epochs=demo.suite_finetune_epochs))
+    text = (out / "suite" / "suite.md").read_text().split("\n", 1)[1]     # without its title
+    return text.replace("](curves_", "](suite/curves_")
+
+
 def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole demo (see the module docstring); returns the summary also written to results.json."""
     from sigma_ray.ray_session import init_ray
@@ -661,12 +748,19 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
         encoders = {"sigma_mlp": models["sigma_mlp"].encoder, "videomae": models["videomae"].encoder,
                     "random": random_encoder}
         if demo.supervised:
-            print(f"[demo] seed {seed}: the supervised bound, {demo.steps} steps x {demo.batch_size} labelled clips",
-                  flush=True)
-            t0 = time.perf_counter()
-            encoders["supervised"], sup = supervised_bound(demo, data, random_encoder, seed, dataset.num_train)
-            save_supervised(encoders["supervised"], config, out / run_name("supervised", seed))
-            seconds["supervised"].append(time.perf_counter() - t0)
+            sup_dir = out / run_name("supervised", seed)
+            reused = load_supervised(config, sup_dir, demo.supervised_lr)
+            if reused is None:
+                print(f"[demo] seed {seed}: the supervised bound, {demo.steps} steps x {demo.batch_size} labelled "
+                      "clips", flush=True)
+                t0 = time.perf_counter()
+                encoders["supervised"], sup = supervised_bound(demo, data, random_encoder, seed, dataset.num_train)
+                sup["seconds"] = time.perf_counter() - t0
+                save_supervised(encoders["supervised"], config, sup_dir, sup, demo.supervised_lr)
+            else:
+                print(f"[demo] seed {seed}: reusing the supervised bound in {sup_dir}", flush=True)
+                encoders["supervised"], sup = reused
+            seconds["supervised"].append(sup["seconds"])
             supervised_head[seed] = sup["finetune_top1"]
         print(f"[demo] seed {seed}: evaluating {', '.join(METHODS[k] for k in encoders)} (kNN, linear, time-slice "
               f"and attentive probes{', factors ' + ', '.join(dataset.factors) if dataset.factors else ''})",
@@ -685,6 +779,11 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     factor_table = format_factor_table(summary, dataset.factors, demo.seeds)
     final = {kind: {s: rows[-1] for s, rows in r.items()} for kind, r in runs.items()}
     diagnostics = _diagnostics(final, trivial, supervised_head, demo.sigma.num_prototypes)
+    suite_md = None
+    if demo.suite:
+        t_suite = time.perf_counter()
+        suite_md = run_demo_suite(demo, out)
+        seconds["suite"] = [time.perf_counter() - t_suite]
     total = time.perf_counter() - t_start
     result = {"config": dataclasses.asdict(demo), "data": dataclasses.asdict(dataset), "per_seed": per_seed,
               "summary": {k: {m: list(v) for m, v in r.items()} for k, r in summary.items()},
@@ -694,7 +793,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(result, indent=2))
     line = verdict(summary)
     write_report(out / "report.md", demo, dataset, table, factor_table, format_seed_rows(per_seed, dataset.factors),
-                 line, diagnostics, plots, total)
+                 line, diagnostics, plots, total, suite_md)
     print("\n" + table + (f"\n\n{factor_table}" if factor_table else "")
           + f"\n\n{diagnostics}\n\n{line}\n[demo] {total / 60:.1f} min; report: {out / 'report.md'}", flush=True)
     return result
@@ -719,7 +818,8 @@ def _diagnostics(final: dict[str, dict[int, dict]], trivial: float, supervised_h
 
 
 def write_report(path: Path, demo: DemoConfig, dataset: DemoData, table: str, factor_table: str, seed_rows: str,
-                 line: str, diagnostics: str, plots: dict[str, str], total_s: float) -> None:
+                 line: str, diagnostics: str, plots: dict[str, str], total_s: float,
+                 suite_md: str | None = None) -> None:
     s, p = demo.sigma, demo.pixels
     where = f"the synthetic '{dataset.name}' set" if demo.data_dir is None else f"the set in {dataset.root}"
     lines = [
@@ -746,4 +846,9 @@ def write_report(path: Path, demo: DemoConfig, dataset: DemoData, table: str, fa
     lines += [diagnostics, "", "Every run:", "", seed_rows, "", f"Total time {total_s / 60:.1f} min.", ""]
     for title, file in plots.items():
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
+    if suite_md is not None:
+        lines += ["## The evaluation suite", "", f"The same encoders on fresh copies of the generated families "
+                  f"(data seed {demo.suite_data_seed}, {demo.suite_train} train / {demo.suite_val} val videos each), "
+                  "which no run or choice used (`suite/suite.json` has every encoder's numbers):", "",
+                  suite_md.replace("\n## ", "\n### ")]
     path.write_text("\n".join(lines))

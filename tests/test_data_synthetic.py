@@ -13,11 +13,15 @@ from sigma_ray.data.decode import read_frames
 from sigma_ray.data.leakage import affine_motion, leak_checks, nearest_centroid, ridge
 from sigma_ray.data.iterator import ClipIterator
 from sigma_ray.config import ConfigError
-from sigma_ray.data.synthetic import (CAMERA_CLASSES, COUNT_CLASSES, COUNT_CYCLES, COUNT_WINDOW, FINE_CLASSES,
-                                      FINE_STEP, MOTION_CLASSES, MOTION_SPEEDS, PAN_DIRECTIONS, PATTERN_CLASSES,
-                                      PATTERN_PERIODS, SCENE_CLASSES, SUPERSAMPLE, TASK_FILE, SyntheticConfig,
-                                      _motion_background, count_frames, make_synthetic, mask_path, motion_frames,
-                                      pattern_frames, read_masks, scene_frames)
+from sigma_ray.data.synthetic import (ARROW_CLASSES, ARROW_PROCESSES, ARROW_RADIUS, CAMERA_CLASSES, COUNT_CLASSES,
+                                      COUNT_CYCLES, COUNT_WINDOW, FINE_CLASSES, FINE_STEP, KIND_CLASSES, KINDS,
+                                      MASK_RENDERERS, MOTION_CLASSES, MOTION_SHAPES, MOTION_SPEEDS,
+                                      MULTILABEL_CLASSES_FILE, MULTILABEL_KINDS, MULTILABEL_LISTS, PAN_DIRECTIONS,
+                                      PATTERN_CLASSES, PATTERN_PERIODS, SCENE_CLASSES, SUPERSAMPLE, TASK_FILE,
+                                      SyntheticConfig, _arrow_slide, _linear_offsets, _motion_background,
+                                      _motion_objects, arrow_frames, count_frames, make_synthetic, mask_path,
+                                      motion_frames, pattern_frames, read_masks, scene_frames, write_mp4)
+from sigma_ray.eval.splits import charades_lists, load_multilabel_list
 from sigma_ray.model.projection import normalize_tubes, tube_pixels
 
 
@@ -350,3 +354,193 @@ def test_count_classes_are_cycles_per_window(tmp_path):
         SyntheticConfig(kind="count", num_classes=4).validate()
     SyntheticConfig(kind="count", num_classes=3).validate()
     SyntheticConfig(kind="fine", num_classes=8).validate()
+
+
+def empty_background(seed, size: int) -> np.ndarray:
+    """Float (size, size, 3): the motion and arrow renderers' empty background for ``seed`` (their first draws),
+    box-filtered as their frames are."""
+    res = size * SUPERSAMPLE
+    return _motion_background(np.random.default_rng(seed), res).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE,
+                                                                       3).mean((1, 3))
+
+
+def object_contrast(video: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Float (frames,): the mean absolute difference of each frame from the empty background (grey levels): how
+    much of the objects and of what they left shows. A paint trail raises it, melting lowers it."""
+    return np.abs(video.astype(np.float64) - empty).mean((1, 2, 3))
+
+
+def window_rises(contrast: np.ndarray, window: int = 16, rate: int = 2) -> np.ndarray:
+    """Bool (windows,): per 16-frame window, whether the statistic is higher at the last frame that an 8-frame clip
+    at rate 2 takes from it than at its first. The same clip reversed in time rises exactly when this falls."""
+    span = window - rate
+    return contrast[span:] > contrast[:-span]
+
+
+def decoded(video: np.ndarray, path: Path) -> np.ndarray:
+    """The frames as the suite sees them: written as mp4 and read back."""
+    write_mp4(path, video)
+    return read_frames(str(path), range(len(video)))
+
+
+def test_arrow_processes_run_one_way_so_a_reversed_clip_is_told_apart(tmp_path):
+    """On every arrow video, the frames' contrast against the empty background rises (paint: the trail only grows)
+    or falls (melt: the object blurs and fades) from every frame to the one 2 later (a clip's step at rate 2; from
+    one frame to the next, the object's own contrast over the background it crosses can outweigh the process's
+    step), so its sign over a 16-frame window tells a clip from the same clip reversed, decoded from the mp4s, in
+    (nearly) every window."""
+    size, frames = 32, 32
+    told = []
+    for c in range(len(ARROW_CLASSES)):
+        sign = 1 if ARROW_PROCESSES[c % 2] == "paint" else -1
+        for seed in range(3):
+            video = arrow_frames(c, frames, size, np.random.default_rng([12, seed, c]))
+            empty = empty_background([12, seed, c], size)
+            contrast = sign * object_contrast(video, empty)
+            assert (contrast[2:] > contrast[:-2]).all(), (c, seed)
+            rises = window_rises(object_contrast(decoded(video, tmp_path / "a.mp4"), empty))
+            forward = rises if sign > 0 else ~rises          # the rule: forward iff it moves the process's way
+            told.append(forward.mean())                      # the reversed clip: called reversed exactly then
+    assert min(told) >= 0.95, told
+
+
+def test_the_arrow_statistic_cannot_tell_reversed_motion_videos(tmp_path):
+    """Control: on the motion family (constant velocity, time-symmetric by construction) the same statistic rises
+    in about half of the windows, so no sign of it tells forward from reversed: the test above measures the arrow,
+    not something every video has."""
+    size, frames = 32, 32
+    rises = []
+    for c in range(len(MOTION_CLASSES)):
+        for seed in range(3):
+            video = motion_frames(c, frames, size, np.random.default_rng([12, seed, c]))
+            empty = empty_background([12, seed, c], size)
+            rises.append(window_rises(object_contrast(decoded(video, tmp_path / "m.mp4"), empty)))
+    share = np.mean(rises)
+    assert 0.35 < share < 0.65, share                        # the better fixed sign's accuracy is max(share, 1 - share)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the intersection over union of two bool (frames, H, W) stacks."""
+    return float(((a & b).sum((1, 2)) / np.maximum((a | b).sum((1, 2)), 1)).mean())
+
+
+def test_arrow_masks_align_with_frames():
+    """The masks are the objects' own footprints at the frame they belong to (an off-by-one mask scores worse).
+    Paint: a trail never changes once laid, so what changes from frame t-1 to t is the objects' footprint at t-1
+    and t, and nothing outside it (within a pixel). Melt: what differs from the empty background is the object.
+    Rendered at 3 px per frame (the family's own speeds move a footprint by under a pixel per frame)."""
+    size, frames = 64, 12
+    res = size * SUPERSAMPLE
+    for process in ARROW_PROCESSES:
+        for seed in range(4):
+            rng = np.random.default_rng([8, seed])
+            background = _motion_background(rng, res)
+            objects = _motion_objects(rng, res, ARROW_RADIUS)
+            angle = rng.uniform(0, 2 * np.pi)
+            offsets = _linear_offsets((3 * SUPERSAMPLE * np.cos(angle), 3 * SUPERSAMPLE * np.sin(angle)), frames)
+            video, masks = _arrow_slide(background, objects, offsets, size, process, with_masks=True)
+            video, fg = video.astype(np.float64), masks > 0
+            if process == "paint":
+                changed = np.abs(np.diff(video, axis=0)).max(-1) > 10      # frame t against t - 1, t = 1 ..
+                both = fg[1:] | fg[:-1]
+                near = both.copy()
+                for axis in (1, 2):
+                    near |= np.roll(both, 1, axis) | np.roll(both, -1, axis)
+                assert (changed & ~near).mean() < 1e-3, seed
+            else:
+                changed = (np.abs(video - empty_background([8, seed], size)).max(-1) > 10)[1:]
+                both = fg[1:]
+            aligned, late, early = (iou(b, changed[1:-1]) for b in (both[1:-1], both[2:], both[:-2]))
+            assert aligned > 0.6 and aligned > max(late, early), (process, seed, aligned, late, early)
+    for c in range(len(ARROW_CLASSES)):
+        drawn = []
+        video, masks = arrow_frames(c, 6, 32, np.random.default_rng([7, c]), with_masks=True, drawn=drawn)
+        assert np.array_equal(video, arrow_frames(c, 6, 32, np.random.default_rng([7, c])))
+        assert masks.shape == video.shape[:3] and masks.dtype == np.uint8
+        assert 1 <= len(drawn) <= 2 and set(np.unique(masks)) <= set(range(len(drawn) + 1))
+        assert (masks > 0).any((1, 2)).all() and set(drawn) <= set(MOTION_SHAPES)
+
+
+def test_arrow_set_is_process_by_direction(tmp_path):
+    paths = make_synthetic(tmp_path, num_classes=8, train_per_class=1, val_per_class=1, frames=4, size=32, seed=2,
+                           kind="arrow")
+    assert "arrow" in KINDS and open(paths["classes"]).read().split() == list(ARROW_CLASSES)
+    assert ARROW_CLASSES[:2] == ("paint_left", "melt_left")
+    factors = json.loads(Path(paths["factors"]).read_text())
+    assert factors == {"kind": "arrow", "factors": {
+        "process": {"values": ["paint", "melt"], "of_class": [0, 1] * 4},
+        "direction": {"values": list(PAN_DIRECTIONS), "of_class": [0, 0, 1, 1, 2, 2, 3, 3]}}}
+    assert len(list(Path(paths["masks"]).glob("*.npz"))) == 16 and "multilabel_train" in paths
+    again = make_synthetic(tmp_path / "again", num_classes=8, train_per_class=1, val_per_class=1, frames=4, size=32,
+                           seed=2, kind="arrow")
+    for rel in (line.split()[0] for line in open(paths["val"])):
+        assert Path(again["root"], rel).read_bytes() == Path(paths["root"], rel).read_bytes(), rel
+    SyntheticConfig(kind="arrow").validate()
+    from sigma_ray.cli import main
+
+    assert main(["make-synthetic", "--out", str(tmp_path / "cli"), "--kind", "arrow", "--classes", "2",
+                 "--train-per-class", "1", "--val-per-class", "1", "--frames", "2", "--size", "16"]) == 0
+    assert (tmp_path / "cli" / "factors.json").is_file()
+
+
+def footprint_shape(mask: np.ndarray) -> str:
+    """The shape (one of MOTION_SHAPES) of one object's bool (size, size) footprint, wrapped on the torus, by hand:
+    a disc fills the circle through its farthest pixel (squares and crosses fill 0.6-0.75 of it); a cross leaves
+    holes in the disc of 0.7 that radius (its arms are 0.6 of its radius wide), a square does not."""
+    size = mask.shape[-1]
+    yy, xx = np.nonzero(mask)
+    centre = lambda v: np.angle(np.exp(2j * np.pi * v / size).mean()) * size / (2 * np.pi)  # noqa: E731
+    cx, cy = centre(xx + 0.5), centre(yy + 0.5)
+    gy, gx = np.mgrid[0:size, 0:size] + 0.5
+    r = np.hypot((gx - cx + size / 2) % size - size / 2, (gy - cy + size / 2) % size - size / 2)
+    reach = r[mask].max()
+    if mask.sum() / (np.pi * reach ** 2) > 0.85:
+        return "disc"
+    return "cross" if mask[r < 0.7 * reach].mean() < 0.92 else "square"
+
+
+def write_tiny_charades(folder: Path) -> None:
+    """Charades' annotation files with two classes and one video per split (sigma_ray.eval.splits' input)."""
+    folder.mkdir()
+    (folder / "Charades_v1_classes.txt").write_text("c000 Holding something\nc001 Putting something\n")
+    (folder / "Charades_v1_train.csv").write_text("id,actions\nAAA,c001 0.0 1.0;c000 1.0 2.0\n")
+    (folder / "Charades_v1_test.csv").write_text("id,actions\nBBB,c001 0.0 1.0\n")
+
+
+def test_multilabel_presence_lists_name_the_shapes_drawn(tmp_path):
+    """For the kinds whose objects take one of MOTION_SHAPES: lists in the format (and with the names) that
+    charades_lists writes, line by line with train.csv / val.csv, labelled with the shapes the renderer drew (its
+    own record, re-rendered from make_synthetic's per-video seeds) and seen in the masks; checked independently on
+    each topmost object's mask footprint (shape by hand), and not degenerate (each shape present in some videos and
+    absent in others)."""
+    write_tiny_charades(tmp_path / "ch")
+    charades = charades_lists(tmp_path / "ch", tmp_path / "ch_lists")
+    assert {s: Path(p).name for s, p in charades.items() if s in MULTILABEL_LISTS} == MULTILABEL_LISTS
+    assert "multilabel_train" not in make_synthetic(tmp_path / "patterns", num_classes=2, train_per_class=1,
+                                                    val_per_class=1, frames=2, size=16, kind="patterns")
+    size, seed, presence = 64, 3, []
+    for kind in MULTILABEL_KINDS:
+        num_classes = len(KIND_CLASSES[kind]) if kind == "count" else 4
+        paths = make_synthetic(tmp_path / kind, num_classes=num_classes, train_per_class=2, val_per_class=1,
+                               frames=2, size=size, seed=seed, kind=kind)
+        assert Path(paths["multilabel_classes"]).name == MULTILABEL_CLASSES_FILE
+        assert Path(paths["multilabel_classes"]).read_text() == "disc\nsquare\ncross\n"
+        for split_id, split in enumerate(("train", "val"), 1):
+            assert Path(paths[f"multilabel_{split}"]) == Path(paths["root"]) / MULTILABEL_LISTS[split]
+            single = [line.split()[0] for line in open(paths[split])]
+            multi = load_multilabel_list(paths[f"multilabel_{split}"], num_classes=len(MOTION_SHAPES))
+            assert [path for path, _ in multi] == single
+            for i, (rel, labels) in enumerate(multi):
+                drawn = []
+                _, masks = MASK_RENDERERS[kind](i % num_classes, 2, size, np.random.default_rng([seed, split_id, i]),
+                                                with_masks=True, drawn=drawn)
+                assert np.array_equal(masks, read_masks(mask_path(paths["root"], rel))), rel
+                seen = {drawn[k - 1] for k in np.unique(masks) if k}
+                assert labels == sorted(MOTION_SHAPES.index(s) for s in seen) and 1 <= len(labels) <= 2, rel
+                top = footprint_shape(masks[0] == len(drawn))          # the last drawn is never hidden
+                assert MOTION_SHAPES.index(top) in labels, (rel, top, labels)
+                if len(drawn) == 1:
+                    assert labels == [MOTION_SHAPES.index(top)], (rel, top, labels)
+                presence.append(np.isin(range(len(MOTION_SHAPES)), labels))
+    presence = np.array(presence)
+    assert presence.any(0).all() and (~presence).any(0).all() and (presence.sum(1) == 2).any(), presence.mean(0)

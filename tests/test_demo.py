@@ -66,6 +66,10 @@ def test_bad_demo_config_names_the_field(tmp_path):
         run_demo(DemoConfig(out_dir=str(tmp_path), pixels=PixelSettings(mask_ratio=1.0)))
     with pytest.raises(ConfigError, match="seeds"):
         run_demo(DemoConfig(out_dir=str(tmp_path), seeds=0))
+    with pytest.raises(ConfigError, match="suite_kinds"):
+        run_demo(DemoConfig(out_dir=str(tmp_path), suite=True, suite_kinds=("patterns", "nope")))
+    with pytest.raises(ConfigError, match="suite_data_seed = 2 is the demo's own data_seed"):
+        run_demo(DemoConfig(out_dir=str(tmp_path), suite=True, suite_data_seed=2))
 
 
 def test_demo_overrides_reach_nested_settings_and_bad_keys_are_named(tmp_path, capsys):
@@ -86,7 +90,7 @@ def test_demo_overrides_reach_nested_settings_and_bad_keys_are_named(tmp_path, c
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
-    demo = dataclasses.replace(quick_config(str(tmp_path)), seeds=2, steps=8, probe_every=4)
+    demo = dataclasses.replace(quick_config(str(tmp_path)), seeds=2, steps=8, probe_every=4, suite=True)
     out = run_demo(demo)
     assert sorted(out["per_seed"]) == [0, 1] and all(set(r) == set(METHODS) for r in out["per_seed"].values())
     for r in out["per_seed"].values():
@@ -119,7 +123,9 @@ def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
     assert s[0] == pytest.approx(np.mean([out["per_seed"][k]["sigma_mlp"]["linear_top1"] for k in (0, 1)]))
     assert json.loads((tmp_path / "results.json").read_text())["summary"] == out["summary"]
     report = (tmp_path / "report.md").read_text()
-    assert report.count("| SIGMA-MLP |") == 4       # the summary row, the factor table's and one row per seed
+    main_part, suite_part = report.split("## The evaluation suite")
+    assert main_part.count("| SIGMA-MLP |") == 4    # the summary row, the factor table's and one row per seed
+    assert suite_part.count("| SIGMA-MLP | patterns") == 3    # one row on each held-back set
     # the readouts that keep time and the probes of each factor of the class, for every method and seed
     for r in out["per_seed"].values():
         assert all({"time_linear_top1", "attentive_top1", "pattern_linear_top1", "time_direction_linear_top1"}
@@ -136,6 +142,19 @@ def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
         entry, _ = describe_run(tmp_path / f"supervised_seed{seed}")
         assert (entry.method, entry.seed, entry.pretrained_on) == ("supervised", seed, "patterns")
         assert load_any_encoder(entry.run_dir)[0].config == pretrain_config(demo, "sigma_mlp", seed).model
+    # the evaluation suite on held-back copies (data seed 3), its tables in the report, the curves
+    suite = json.loads((tmp_path / "suite" / "suite.json").read_text())
+    assert {s["name"] for s in suite["sets"]} == {"patterns", "count", "arrow"}
+    assert all((tmp_path / "suite_sets" / k / "val.csv").is_file() for k in ("patterns", "count", "arrow"))
+    methods = {(r["method"], r["seed"]) for r in suite["rows"] if r["method"] != "pixels"}
+    assert methods == {(m, s) for m in ("sigma_mlp", "videomae", "supervised", "random") for s in (0, 1)}
+    tuned = {r["method"] for r in suite["rows"] if r["set"] == "patterns" and "finetune_top1" in r["metrics"]}
+    assert tuned == {"sigma_mlp", "videomae", "random"}
+    assert "## The evaluation suite" in report and "### `arrow` (4 classes)" in report
+    assert "(suite/curves_patterns.png)" in report and (tmp_path / "suite" / "curves_patterns.png").is_file()
+    # a second run reuses the runs and the supervised bounds: same numbers
+    again = run_demo(dataclasses.replace(demo, suite=False))
+    assert again["per_seed"] == out["per_seed"]
 
 
 def test_the_tuning_config_is_the_demos_run_on_another_data_set():

@@ -1,6 +1,6 @@
 """Small synthetic video classification sets, written as real mp4 files with VideoMAE lists.
 
-Eight kinds (``make_synthetic(kind=...)``):
+Nine kinds (``make_synthetic(kind=...)``):
 
 - ``patterns`` (the demo's): a camera pans over a wall papered with a periodic pattern, in front of which float
   two flat objects. The class is the pattern (checks or a lattice of dots: appearance) *and* the pan direction
@@ -30,11 +30,20 @@ Eight kinds (``make_synthetic(kind=...)``):
   is the object's motion (left, right, up, down, clockwise, counter-clockwise, approach, recede, fast left, fast
   right); a single frame is at chance.
 - ``camera``: a static object scene from the shared pool under a camera panning in one of 8 directions.
+- ``arrow``: the motion family's scenes (smaller objects, slower) with an irreversible process acting on the moving
+  objects at a steady rate over the whole video; the class is the process (``paint``: each object leaves a trail
+  of its colours that only grows; ``melt``: each object blurs and fades into the background) and the direction
+  (4), 8 classes. Every other family moves at constant velocity or swings, so a clip run backwards is a valid
+  forward clip; here it is not, so the arrow of time (a clip against the same clip reversed) can be told.
 
 Files are H.264 when available (else MPEG-4); ``train.csv`` / ``val.csv`` hold ``path label`` lines with paths
 relative to the output directory (the data config's ``root``). For the kinds whose renderer knows its objects
-(``patterns``, ``motion``, ``shapes``, ``fine``, ``count``), ``masks/<video name>.npz`` holds each video's per-frame
-object masks (:func:`mask_path`, :func:`read_masks`), for unsupervised video object segmentation.
+(``patterns``, ``motion``, ``shapes``, ``fine``, ``count``, ``arrow``), ``masks/<video name>.npz`` holds each video's
+per-frame object masks (:func:`mask_path`, :func:`read_masks`), for unsupervised video object segmentation. For
+those whose objects each take one of MOTION_SHAPES (``motion``, ``fine``, ``count``, ``arrow``),
+``train_multilabel.csv`` / ``val_multilabel.csv`` (MULTILABEL_LISTS) name the shapes seen in each video
+(``path 0,2``, as sigma_ray.eval.splits writes Charades'), line by line with train.csv / val.csv, and
+``multilabel_classes.txt`` the shapes, one a line: multi-label presence of objects.
 """
 from __future__ import annotations
 
@@ -47,6 +56,7 @@ import av
 import numpy as np
 
 from sigma_ray.config import ConfigError, check_choice, check_range
+from sigma_ray.data.annotations import MULTILABEL_SUFFIX, NO_LABELS
 
 CLASSES = ("left", "right", "up", "down", "clockwise", "counterclockwise", "approach", "recede",
            "fast_left", "fast_right")
@@ -368,12 +378,23 @@ def _slide(background: np.ndarray, objects: list, offsets: np.ndarray, size: int
             inside = _placed_shape(shape, xx - cx - sx, yy - cy - sy, res, radius, angle)
             img[inside] = np.roll(texture, (sy, sx), axis=(0, 1))[inside]
             label[inside] = k
-        small = img.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
-        out.append(np.clip(np.rint(small), 0, 255).astype(np.uint8))
-        blocks = label.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE)
-        votes = np.stack([(blocks == k).sum(axis=(1, 3)) for k in range(len(objects) + 1)])
-        masks.append(votes.argmax(axis=0).astype(np.uint8))     # argmax takes the first of tied labels
+        out.append(_box_filter(img, size))
+        masks.append(_majority(label, len(objects), size))
     return (np.stack(out), np.stack(masks)) if with_masks else np.stack(out)
+
+
+def _box_filter(img: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): a float supersampled (size * SUPERSAMPLE, ..., 3) image averaged over blocks."""
+    small = img.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
+    return np.clip(np.rint(small), 0, 255).astype(np.uint8)
+
+
+def _majority(label: np.ndarray, objects: int, size: int) -> np.ndarray:
+    """uint8 (size, size): a supersampled label image (0 .. ``objects``) reduced by majority per block, a tie going
+    to the lower label."""
+    blocks = label.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE)
+    votes = np.stack([(blocks == k).sum(axis=(1, 3)) for k in range(objects + 1)])
+    return votes.argmax(axis=0).astype(np.uint8)     # argmax takes the first of tied labels
 
 
 def _motion_background(rng: np.random.Generator, res: int) -> np.ndarray:
@@ -384,29 +405,38 @@ def _motion_background(rng: np.random.Generator, res: int) -> np.ndarray:
     return mean + rng.uniform(*MOTION_BACKGROUND_CONTRAST) * (background - mean)
 
 
-def _motion_objects(rng: np.random.Generator, res: int) -> list:
-    """The motion family's 1-2 objects for :func:`_slide` (supersampled pixels): each of random shape, radius and
-    angle, its centre uniform on the torus, covered with its own dead-leaves texture."""
+def _motion_objects(rng: np.random.Generator, res: int, radius: tuple[float, float] = MOTION_RADIUS) -> list:
+    """The motion family's 1-2 objects for :func:`_slide` (supersampled pixels): each of random shape (one of
+    MOTION_SHAPES), radius (a fraction of the frame in ``radius``) and angle, its centre uniform on the torus,
+    covered with its own dead-leaves texture."""
     return [(MOTION_SHAPES[int(rng.integers(len(MOTION_SHAPES)))], *rng.uniform(0, res, 2),
-             rng.uniform(*MOTION_RADIUS) * res, rng.uniform(0, 2 * math.pi),
+             rng.uniform(*radius) * res, rng.uniform(0, 2 * math.pi),
              dead_leaves(rng, res, SUPERSAMPLE / 2, res / 6))
             for _ in range(int(rng.integers(MOTION_OBJECTS[0], MOTION_OBJECTS[1] + 1)))]
 
 
-def motion_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
-                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def _record_shapes(objects: list, drawn: list[str] | None) -> list:
+    """``objects`` unchanged, their shapes appended to ``drawn`` (unless None) in drawing order, so that the
+    masks' label k is ``drawn[k - 1]``: what the multi-label lists are made from (make_synthetic)."""
+    if drawn is not None:
+        drawn.extend(shape for shape, *_ in objects)
+    return objects
+
+
+def motion_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False,
+                  drawn: list[str] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 (frames, size, size, 3) of ``MOTION_CLASSES[cls]``: 1-2 objects of random shape, size and angle, each
     covered with its own dead-leaves texture, sliding in the class's direction at a speed drawn from the class's
     range, over a static, blurred, low-contrast dead-leaves background; every object's position at the video's
     middle frame is uniform on the torus, so no single frame tells the class. Appearance (shapes, textures,
     palettes, blur) is drawn independently of the class: only the motion names it. With ``with_masks``, also the
-    objects' masks (:func:`_slide`)."""
+    objects' masks (:func:`_slide`); a list ``drawn`` gets the objects' shapes (:func:`_record_shapes`)."""
     speed_name, direction = list(MOTION_SPEEDS)[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
     dx, dy = PAN_DIRECTIONS[direction]
     res = size * SUPERSAMPLE
     background = _motion_background(rng, res)
     speed = rng.uniform(*MOTION_SPEEDS[speed_name]) * size / 64 * SUPERSAMPLE     # supersampled pixels per frame
-    objects = _motion_objects(rng, res)
+    objects = _record_shapes(_motion_objects(rng, res), drawn)
     return _slide(background, objects, _linear_offsets((speed * dx, speed * dy), frames), size, with_masks)
 
 
@@ -455,18 +485,18 @@ FINE_SPEED = (1.0, 2.5)           # pixels per frame at size 64 (scaled with the
                                   # motion's slow range to within its fast one
 
 
-def fine_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
-                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def fine_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False,
+                drawn: list[str] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 (frames, size, size, 3) of ``FINE_CLASSES[cls]``: the motion family's scene (1-2 dead-leaves-textured
     objects over a blurred low-contrast dead-leaves background, each object's position at the middle frame uniform
     on the torus) with every object sliding at ``FINE_STEP * cls`` degrees (image coordinates: 0 right, 90 down) at
     a speed drawn from FINE_SPEED. Only the direction names the class: the 8-way task tells directions 45 degrees
     apart, the 4-way sector (factors.json) the coarse task on the same videos. With ``with_masks``, also the
-    objects' masks (:func:`_slide`)."""
+    objects' masks (:func:`_slide`); a list ``drawn`` gets the objects' shapes (:func:`_record_shapes`)."""
     res = size * SUPERSAMPLE
     background = _motion_background(rng, res)
     speed = rng.uniform(*FINE_SPEED) * size / 64 * SUPERSAMPLE          # supersampled pixels per frame
-    objects = _motion_objects(rng, res)
+    objects = _record_shapes(_motion_objects(rng, res), drawn)
     angle = math.radians(FINE_STEP * cls)
     velocity = (speed * math.cos(angle), speed * math.sin(angle))
     return _slide(background, objects, _linear_offsets(velocity, frames), size, with_masks)
@@ -482,16 +512,17 @@ COUNT_AMPLITUDE = (0.15, 0.3)     # the swing's amplitude (half its extent), fra
 TASK_FILE = "task.json"           # for kinds whose class is a count, not a category: what the label counts
 
 
-def count_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False
-                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def count_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False,
+                 drawn: list[str] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """uint8 (frames, size, size, 3) of ``COUNT_CLASSES[cls]``: the motion family's scene with its objects swinging
     back and forth, together (one direction, amplitude and phase per video, all random and class-neutral), at
     n = ``COUNT_CYCLES[cls]`` cycles per COUNT_WINDOW frames: position(t) = p0 + A sin(2 pi n t / COUNT_WINDOW +
     phi) u. The class is the count; the amplitude does not depend on it, so the objects' mean speed (4 A n /
-    COUNT_WINDOW pixels per frame) grows with it. With ``with_masks``, also the objects' masks (:func:`_slide`)."""
+    COUNT_WINDOW pixels per frame) grows with it. With ``with_masks``, also the objects' masks (:func:`_slide`); a
+    list ``drawn`` gets the objects' shapes (:func:`_record_shapes`)."""
     res = size * SUPERSAMPLE
     background = _motion_background(rng, res)
-    objects = _motion_objects(rng, res)
+    objects = _record_shapes(_motion_objects(rng, res), drawn)
     amplitude = rng.uniform(*COUNT_AMPLITUDE) * res                      # supersampled pixels
     direction, phase = rng.uniform(0, 2 * math.pi, 2)
     swing = amplitude * np.sin(2 * math.pi * COUNT_CYCLES[cls] * np.arange(frames) / COUNT_WINDOW + phase)
@@ -499,22 +530,110 @@ def count_frames(cls: int, frames: int, size: int, rng: np.random.Generator, wit
     return _slide(background, objects, offsets, size, with_masks)
 
 
-KINDS = ("patterns", "motion", "shapes", "fine", "count", "scenes", "object", "camera")
+ARROW_PROCESSES = ("paint", "melt")
+# Class c is process c % 2 and direction c // 2, as in MOTION_CLASSES.
+ARROW_CLASSES = tuple(f"{process}_{d}" for d in PAN_DIRECTIONS for process in ARROW_PROCESSES)
+ARROW_SPEED = (0.5, 0.9)          # pixels per frame at size 64 (scaled with the size), class-neutral: slow enough
+                                  # that a trail never wraps round the torus onto itself within 32 frames
+ARROW_RADIUS = (0.12, 0.2)        # object radius, fraction of the frame size (smaller than the motion family's, so
+                                  # that a trail has room to grow)
+PAINT_OPACITY = 0.6               # a trail's colour over the background (the object itself is opaque)
+MELT_BLUR = 2.0                   # the object's Gaussian blur at the last frame, pixels at size 32 (scaled with
+                                  # the size)
+MELT_FADE = 0.5                   # opacity the object loses by the last frame (from 1 to 0.5)
+
+
+def _arrow_slide(background: np.ndarray, objects: list, offsets: np.ndarray, size: int, process: str,
+                 with_masks: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """:func:`_slide` with an irreversible ``process`` (one of ARROW_PROCESSES) acting on the moving objects:
+
+    - ``paint``: each pixel an object has covered (supersampled) keeps the colour it last showed there, at
+      PAINT_OPACITY over the background, behind the objects: the painted area only grows.
+    - ``melt``: at frame t of T, every object is blurred by a Gaussian of MELT_BLUR * t / (T - 1) pixels (at size
+      32) and drawn at opacity 1 - MELT_FADE * t / (T - 1) (premultiplied colour and coverage blurred alike): its
+      sharpness and contrast only fall, at a steady rate over the whole video; frame 0 is drawn as :func:`_slide`.
+
+    With ``with_masks``, also the uint8 (frames, size, size) masks of the objects' own footprints, as
+    :func:`_slide` makes them: for ``paint`` the object, not its trail; for ``melt`` its sharp outline, not the
+    blurred halo."""
+    res = background.shape[0]
+    frames = len(offsets)
+    yy, xx = np.mgrid[0:res, 0:res].astype(np.float64) + 0.5
+    trail, painted = background.copy(), np.zeros((res, res), bool)
+    out, masks = [], []
+    for t, (ox, oy) in enumerate(offsets.tolist()):
+        sx, sy = round(ox), round(oy)
+        label = np.zeros((res, res), np.uint8)
+        layers = []
+        for k, (shape, cx, cy, radius, angle, texture) in enumerate(objects, 1):
+            inside = _placed_shape(shape, xx - cx - sx, yy - cy - sy, res, radius, angle)
+            layers.append((inside, np.roll(texture, (sy, sx), axis=(0, 1))))
+            label[inside] = k
+        img = background.copy()
+        if process == "paint":
+            for inside, texture in layers:
+                trail[inside] = texture[inside]
+                painted |= inside
+            img[painted] = (1 - PAINT_OPACITY) * background[painted] + PAINT_OPACITY * trail[painted]
+            for inside, texture in layers:
+                img[inside] = texture[inside]
+        else:
+            progress = t / max(frames - 1, 1)
+            sigma, opacity = MELT_BLUR * progress * res / 32, 1 - MELT_FADE * progress
+            for inside, texture in layers:
+                cover = inside[..., None].astype(np.float64)
+                img = img * (1 - opacity * _blur(cover, sigma)) + opacity * _blur(cover * texture, sigma)
+        out.append(_box_filter(img, size))
+        masks.append(_majority(label, len(objects), size))
+    return (np.stack(out), np.stack(masks)) if with_masks else np.stack(out)
+
+
+def arrow_frames(cls: int, frames: int, size: int, rng: np.random.Generator, with_masks: bool = False,
+                 drawn: list[str] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """uint8 (frames, size, size, 3) of ``ARROW_CLASSES[cls]``: the motion family's scene (1-2 dead-leaves-textured
+    objects of MOTION_SHAPES, radius from ARROW_RADIUS, over a blurred low-contrast dead-leaves background, each
+    object's position at the middle frame uniform on the torus), its objects sliding in the class's direction at a
+    speed drawn from ARROW_SPEED while the class's irreversible process (:func:`_arrow_slide`) runs at a steady
+    rate over the whole video: the objects paint a trail that only grows, or melt into the background. A clip run
+    backwards is no clip of any class (a trail that shrinks, an object that sharpens), so the arrow of time is
+    seen. One frame tells the process; a painted one also tells the direction (the trail lies behind the object).
+    With ``with_masks``, also the objects' masks; a list ``drawn`` gets the objects' shapes
+    (:func:`_record_shapes`)."""
+    process, direction = ARROW_PROCESSES[cls % 2], list(PAN_DIRECTIONS)[cls // 2]
+    dx, dy = PAN_DIRECTIONS[direction]
+    res = size * SUPERSAMPLE
+    background = _motion_background(rng, res)
+    speed = rng.uniform(*ARROW_SPEED) * size / 64 * SUPERSAMPLE          # supersampled pixels per frame
+    objects = _record_shapes(_motion_objects(rng, res, ARROW_RADIUS), drawn)
+    return _arrow_slide(background, objects, _linear_offsets((speed * dx, speed * dy), frames), size, process,
+                        with_masks)
+
+
+KINDS = ("patterns", "motion", "shapes", "fine", "count", "scenes", "object", "camera", "arrow")
 KIND_CLASSES = {"patterns": PATTERN_CLASSES, "motion": MOTION_CLASSES, "shapes": SHAPE_CLASSES,
                 "fine": FINE_CLASSES, "count": COUNT_CLASSES, "scenes": SCENE_CLASSES, "object": CLASSES,
-                "camera": CAMERA_CLASSES}
+                "camera": CAMERA_CLASSES, "arrow": ARROW_CLASSES}
 # The kinds whose renderer knows its objects exactly, so that make_synthetic writes their masks beside the videos
 # (for unsupervised video object segmentation): each renderer's ``with_masks=True`` returns (frames, masks).
 MASK_RENDERERS = {"patterns": pattern_frames, "motion": motion_frames, "shapes": shapes_frames,
-                  "fine": fine_frames, "count": count_frames}
+                  "fine": fine_frames, "count": count_frames, "arrow": arrow_frames}
 MASKS_DIR = "masks"
+# The kinds whose objects each take one of MOTION_SHAPES (their renderers take ``drawn``, :func:`_record_shapes`):
+# make_synthetic also writes multi-label presence lists for them, as sigma_ray.eval.splits.charades_lists writes
+# Charades' (``path 0,2``: the sorted indices into MOTION_SHAPES of the shapes seen in the video), beside
+# train.csv / val.csv and line by line with them, and the label names, one a line (a task-shift task: multi-label
+# presence of objects, scored by mAP).
+MULTILABEL_KINDS = ("motion", "fine", "count", "arrow")
+MULTILABEL_LISTS = {split: f"{split}{MULTILABEL_SUFFIX}.csv" for split in ("train", "val")}   # *_multilabel.csv
+MULTILABEL_CLASSES_FILE = "multilabel_classes.txt"
 # The kinds whose class is a product of two factors: class c has the first factor's value c % 2 and the second's
 # c // 2 (written to factors.json for the evaluation's factor probes, sigma_ray.eval.readouts).
 KIND_FACTORS = {"patterns": {"pattern": PATTERN_KINDS, "direction": tuple(PAN_DIRECTIONS)},
                 "motion": {"speed": tuple(MOTION_SPEEDS), "direction": tuple(PAN_DIRECTIONS)},
                 "shapes": {"shape": SHAPE_KINDS, "direction": tuple(PAN_DIRECTIONS)},
                 "scenes": {"scene": tuple(SCENE_KINDS), "direction": tuple(PAN_DIRECTIONS)},
-                "fine": {"diagonal": ("axis", "diagonal"), "sector": FINE_SECTORS}}
+                "fine": {"diagonal": ("axis", "diagonal"), "sector": FINE_SECTORS},
+                "arrow": {"process": ARROW_PROCESSES, "direction": tuple(PAN_DIRECTIONS)}}
 
 
 def class_factors(kind: str, num_classes: int) -> dict[str, dict[str, list]]:
@@ -539,12 +658,20 @@ def read_masks(path: str | Path) -> np.ndarray:
         return z["masks"]
 
 
+def presence_labels(masks: np.ndarray, drawn: list[str]) -> list[int]:
+    """The sorted indices into MOTION_SHAPES of the shapes seen in a video: those of the objects (``drawn``, in
+    drawing order) whose label occurs in its uint8 (frames, size, size) ``masks`` in at least one frame (an object
+    wholly hidden behind another is not seen)."""
+    return sorted({MOTION_SHAPES.index(drawn[k - 1]) for k in np.unique(masks).tolist() if k})
+
+
 def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: int = 40, val_per_class: int = 10,
                    frames: int = 32, size: int = 64, seed: int = 0, pool: int = 4, kind: str = "object"
                    ) -> dict[str, str]:
     """Write the data set under ``out_dir``; returns {"root", "train", "val", "classes"} paths, with "factors"
-    (factors.json) for the kinds of KIND_FACTORS, "masks" (the masks' directory) for those of MASK_RENDERERS and
-    "task" (TASK_FILE) for ``count``.
+    (factors.json) for the kinds of KIND_FACTORS, "masks" (the masks' directory) for those of MASK_RENDERERS,
+    "task" (TASK_FILE) for ``count`` and "multilabel_train", "multilabel_val" (MULTILABEL_LISTS) and
+    "multilabel_classes" (MULTILABEL_CLASSES_FILE: MOTION_SHAPES) for those of MULTILABEL_KINDS.
 
     ``kind`` is one of :data:`KINDS` (see the module's docstring); the first ``num_classes`` of its classes are
     used. For the kinds of MASK_RENDERERS every video's object masks go to :func:`mask_path`
@@ -571,14 +698,19 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
         render = camera_frames if kind == "camera" else synth_frames
     paths = {"root": str(out)}
     for split_id, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class)), 1):
-        lines = []
+        lines, multilabel_lines = [], []
         for i in range(num_classes * per_class):
             cls = i % num_classes
             rng = np.random.default_rng([seed, split_id, i])
             rel = f"videos/{split}_{i:05d}.mp4"
             if kind in MASK_RENDERERS:
-                video, masks = MASK_RENDERERS[kind](cls, frames, size, rng, with_masks=True)
+                drawn: list[str] = []
+                record = {"drawn": drawn} if kind in MULTILABEL_KINDS else {}
+                video, masks = MASK_RENDERERS[kind](cls, frames, size, rng, with_masks=True, **record)
                 np.savez_compressed(mask_path(out, rel), masks=masks)
+                if kind in MULTILABEL_KINDS:
+                    labels = ",".join(map(str, presence_labels(masks, drawn))) or NO_LABELS
+                    multilabel_lines.append(f"{rel} {labels}\n")
             elif kind == "scenes":
                 video = scene_frames(cls, frames, size, rng)
             else:
@@ -589,6 +721,9 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
             lines.append(f"{rel} {cls}\n")
         (out / f"{split}.csv").write_text("".join(lines))
         paths[split] = str(out / f"{split}.csv")
+        if kind in MULTILABEL_KINDS:
+            (out / MULTILABEL_LISTS[split]).write_text("".join(multilabel_lines))
+            paths[f"multilabel_{split}"] = str(out / MULTILABEL_LISTS[split])
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in names[:num_classes]))
     paths["classes"] = str(out / "classes.txt")
     factors = class_factors(kind, num_classes)
@@ -597,6 +732,9 @@ def make_synthetic(out_dir: str | Path, num_classes: int = 8, train_per_class: i
         paths["factors"] = str(out / "factors.json")
     if kind in MASK_RENDERERS:
         paths["masks"] = str(out / MASKS_DIR)
+    if kind in MULTILABEL_KINDS:
+        (out / MULTILABEL_CLASSES_FILE).write_text("".join(f"{c}\n" for c in MOTION_SHAPES))
+        paths["multilabel_classes"] = str(out / MULTILABEL_CLASSES_FILE)
     if kind == "count":
         task = {"task": "count", "count_of_class": list(COUNT_CYCLES[:num_classes]), "window_frames": COUNT_WINDOW}
         (out / TASK_FILE).write_text(json.dumps(task, indent=1))

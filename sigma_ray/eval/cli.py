@@ -10,7 +10,8 @@
 ``--encoder`` is an ``encoder.pt``, a run directory or a checkpoint directory; ``--set section.field=value``
 values are parsed as YAML. ``--suite RUN_OR_DEMO_DIR...`` runs the evaluation suite instead
 (:mod:`sigma_ray.eval.suite`: every run's encoder, and the random initial weights of each seed, on its
-pretraining set and on ``--sets DIR...``; writes suite.json and suite.md into ``--out``). Exit status: 0 done, 2 configuration error, 1 evaluation failed.
+pretraining set and on ``--sets DIR...``, fine-tuned with 4 / 16 / all labels per class on ``--finetune SET...``;
+writes suite.json, suite.md and the curves into ``--out``). Exit status: 0 done, 2 configuration error, 1 evaluation failed.
 """
 from __future__ import annotations
 
@@ -33,11 +34,19 @@ def build_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
                         "paths must then be visible from that node")
     p.add_argument("--suite", nargs="+", default=None, metavar="RUN_DIR",
                    help="run the evaluation suite on these run directories (or directories of them, e.g. a demo's "
-                        "output) instead of one protocol run")
+                        "output, or encoder.pt exports) instead of one protocol run")
     p.add_argument("--sets", nargs="*", default=[], metavar="DATA_DIR",
-                   help="with --suite: more data sets (train.csv/val.csv) to evaluate every encoder on")
+                   help="with --suite: more data sets to evaluate every encoder on: folders of VideoMAE lists, "
+                        "multi-label or count lists, DAVIS-2017 or YouTube-VOS; LISTS_DIR@VIDEO_ROOT when the "
+                        "lists' paths are relative to another folder")
     p.add_argument("--only-sets", action="store_true",
                    help="with --suite: evaluate on --sets only, not on the runs' own pretraining sets")
+    p.add_argument("--finetune", nargs="*", default=[], metavar="SET",
+                   help="with --suite: also fine-tune every encoder with 4, 16 and all labelled videos per class on "
+                        "these sets (by the name the tables give them, e.g. patterns) and plot the curves")
+    p.add_argument("--sampling-rate", type=int, default=None,
+                   help="with --suite: the clips' frame stride (default: the first run's; a bare encoder file "
+                        "does not record it)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -75,7 +84,8 @@ def suite_main(args: argparse.Namespace) -> int:
     from sigma_ray.eval.suite import run_suite
 
     try:
-        result = run_suite(args.suite, args.sets, args.out or "runs/suite", own_sets=not args.only_sets)
+        result = run_suite(args.suite, args.sets, args.out or "runs/suite", own_sets=not args.only_sets,
+                           finetune_sets=args.finetune, sampling_rate=args.sampling_rate)
     except (FileNotFoundError, ConfigError) as e:
         print(f"sigma-ray eval --suite: {e}", file=sys.stderr)
         return 2

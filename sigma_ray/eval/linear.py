@@ -5,6 +5,8 @@ N x D tensor: a few hundred epochs of a few thousand videos take seconds on a CP
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,10 +28,12 @@ def make_head(dim: int, num_classes: int) -> nn.Sequential:
 
 
 def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, epochs: int,
-             batch_size: int, seed: int, min_batch: int = 1) -> None:
-    """Train ``head`` on cached inputs ``x`` (``N x ...``) for labels ``y`` (``N``) by cross-entropy: ``epochs``
-    passes in batches of ``batch_size``, shuffled by ``seed``, the optimizer's lr decayed by a per-step cosine to
-    0. Batches smaller than ``min_batch`` are skipped. Leaves ``head`` in eval mode."""
+             batch_size: int, seed: int, min_batch: int = 1,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> None:
+    """Train ``head`` on cached inputs ``x`` (``N x ...``) for targets ``y`` (``N ...``) by ``loss_fn(logits,
+    targets)`` (cross-entropy on labels by default): ``epochs`` passes in batches of ``batch_size``, shuffled by
+    ``seed``, the optimizer's lr decayed by a per-step cosine to 0. Batches smaller than ``min_batch`` are
+    skipped. Leaves ``head`` in eval mode."""
     n = x.shape[0]
     total = epochs * -(-n // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine(s, total, 1.0, 0.0))
@@ -41,7 +45,7 @@ def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch
             idx = order[start:start + batch_size]
             if idx.shape[0] < min_batch:
                 continue
-            loss = F.cross_entropy(head(x[idx]), y[idx])
+            loss = loss_fn(head(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

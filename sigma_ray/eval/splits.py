@@ -50,10 +50,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sigma_ray.data.annotations import AnnotationError
+from sigma_ray.data.annotations import COUNTS_SUFFIX, MULTILABEL_SUFFIX, NO_LABELS, AnnotationError
 
-# the token of a Charades video with no action in the multi-label lists (an empty field would vanish on split())
-NO_LABELS = "-"
 
 
 def _write(out: str | Path, classes: list[str] | None, rows: dict[str, list[tuple[str, object]]],
@@ -267,7 +265,7 @@ def charades_lists(annotation_dir: str | Path, out: str | Path, ext: str = ".mp4
         return items
 
     rows = {"train": read("Charades_v1_train.csv"), "val": read("Charades_v1_test.csv")}
-    return _write(out, classes, rows, suffix="_multilabel")
+    return _write(out, classes, rows, suffix=MULTILABEL_SUFFIX)
 
 
 # UCF101 names this class's files v_HandStandPushups_* but its folder HandstandPushups
@@ -304,7 +302,7 @@ def ucfrep_lists(annotation_dir: str | Path, out: str | Path, ext: str = ".avi")
             items.append((f"{cls}/{file.stem}{ext}", int(bounds.size) - 1))
         return items
 
-    return _write(out, None, {"train": read("train"), "val": read("val")}, suffix="_counts")
+    return _write(out, None, {"train": read("train"), "val": read("val")}, suffix=COUNTS_SUFFIX)
 
 
 def _read_pairs(list_file: str | Path, root: str | None):
