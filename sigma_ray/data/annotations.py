@@ -14,12 +14,11 @@ from sigma_ray.config import ConfigError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 UNLABELED = -1
-
-
 # Lists beside the VideoMAE ones (``<split><suffix>.csv``): multi-label lines ``path 3,17`` (Charades' converter,
 # the synthetic presence lists) and count lines ``path 4`` (UCFRep's converter); the evaluation suite reads them.
 MULTILABEL_SUFFIX, COUNTS_SUFFIX = "_multilabel", "_counts"
 NO_LABELS = "-"   # a video with no label in a multi-label list (an empty field would vanish on split())
+
 
 class AnnotationError(ConfigError):
     """A malformed row, a missing file or an unknown label; the message starts with ``file:line``. A config

@@ -42,8 +42,9 @@ def build_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p.add_argument("--only-sets", action="store_true",
                    help="with --suite: evaluate on --sets only, not on the runs' own pretraining sets")
     p.add_argument("--finetune", nargs="*", default=[], metavar="SET",
-                   help="with --suite: also fine-tune every encoder with 4, 16 and all labelled videos per class on "
-                        "these sets (by the name the tables give them, e.g. patterns) and plot the curves")
+                   help="with --suite: also fine-tune the self-supervised encoders and the random init with 4, "
+                        "16 and all labelled videos per class on these sets (by the name the tables give them, "
+                        "e.g. patterns) and plot the curves")
     p.add_argument("--sampling-rate", type=int, default=None,
                    help="with --suite: the clips' frame stride (default: the first run's; a bare encoder file "
                         "does not record it)")
