@@ -6,18 +6,24 @@ Tasks, each run where the set allows it (a task that cannot run on a set is list
 - **standard**: kNN k=20 and the linear probe on mean-pooled tokens, the attentive probe (V-JEPA's frozen
   protocol, :func:`~sigma_ray.eval.readouts.attentive_probe`);
 - **sample efficiency**: the linear probe trained on the first 4 and 16 train videos of each class (and on all);
+  on the sets named in ``finetune_sets``, fine-tuning on the same subsets and the curves
+  (:mod:`sigma_ray.eval.efficiency`);
 - **factors / granularity**: a linear probe per factor of the class (``factors.json``: the ``motion`` family's
   speed and direction, the ``fine`` family's 4-way sector beside its 8-way direction);
-- **temporal**: the arrow of time (:mod:`sigma_ray.eval.temporal`);
-- **task shift**: repetition counting by ridge regression, MAE (sets with a ``task.json`` of task ``count``);
-- **segmentation**: K-means over each clip's tokens, Hungarian and greedy matching, mIoU (sets with ``masks/``;
-  :mod:`sigma_ray.eval.vos`), with the raw pixels of each tube as a reference row;
+- **temporal**: the arrow of time (:mod:`sigma_ray.eval.temporal`; the ``arrow`` family's processes are
+  irreversible, the other families' motion is not);
+- **task shift**: repetition counting by ridge regression, MAE (a ``task.json`` of task ``count``, or count
+  lists), and multi-label presence by mAP (multi-label lists, :mod:`sigma_ray.eval.multilabel`);
+- **segmentation**: K-means over each clip's tokens, Hungarian and greedy matching, mIoU (sets with ``masks/``,
+  DAVIS-2017 and YouTube-VOS folders; :mod:`sigma_ray.eval.vos`), with the raw pixels of each tube as a
+  reference row;
 - **domain shift**: every encoder on every set: a cell whose set is not the one the encoder was pretrained on.
 
-Encoders are run directories (their ``config.yaml`` names the method, the seed and the pretraining set) or
-directories holding run directories (the demo's output); ``random=True`` adds the random initial weights of each
-seed. Writes ``suite.json`` (every encoder's numbers) and ``suite.md`` (mean +- std over the seeds of each method
-and pretraining set).
+Encoders are run directories (their ``config.yaml`` names the method, the seed and the pretraining set),
+directories holding run directories (the demo's output) or encoder export files; ``random=True`` adds the random
+initial weights of each run's seed. Sets are read by :func:`read_set` (the layouts of :class:`SuiteSet`).
+Writes ``suite.json`` (every encoder's numbers), ``suite.md`` (mean +- std over the seeds of each method and
+pretraining set) and the sample-efficiency curves.
 """
 from __future__ import annotations
 
