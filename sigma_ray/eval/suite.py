@@ -54,6 +54,7 @@ SHOTS = (4, 16)
 METHOD_NAMES = {"sigma_mlp": "SIGMA-MLP", "sigma_dino": "SIGMA-DINO", "videomae": "VideoMAE", "random": "random init",
                 "supervised": "supervised (labels)", "pixels": "raw pixels"}
 RUN_CONFIG = "config.yaml"
+SELF_SUPERVISED = ("sigma_mlp", "sigma_dino", "videomae")   # the methods whose runs start from random weights
 
 
 LAYOUTS = ("lists", "multilabel", "counts", "davis", "youtube_vos")
@@ -107,15 +108,13 @@ def read_set(spec: str | Path) -> SuiteSet:
     a folder, or ``LISTS_DIR@VIDEO_ROOT`` when the lists' paths are relative to another folder (the converters
     of :mod:`sigma_ray.eval.splits` write paths relative to the videos' folder). Raises FileNotFoundError naming
     the files it looked for."""
-    import dataclasses as dc
-
     lists_dir, _, video_root = str(spec).partition(SET_SEPARATOR)
     found = _read_set(Path(lists_dir).resolve())
     if not video_root:
         return found
     if not Path(video_root).is_dir():
         raise FileNotFoundError(f"{spec}: the video folder {video_root} does not exist")
-    return dc.replace(found, video_root=str(Path(video_root).resolve()))
+    return dataclasses.replace(found, video_root=str(Path(video_root).resolve()))
 
 
 def _read_set(root: Path) -> SuiteSet:
@@ -382,7 +381,7 @@ def finetunes(entry: Entry) -> bool:
     """Whether the suite fine-tunes ``entry`` on a ``--finetune`` set: the self-supervised encoders and the random
     initial weights (training from scratch, the floor); not the supervised bound, which was trained with labels
     already (on its own family: fine-tuning it again there says nothing, and costs as much as any other)."""
-    return entry.method in ("random", "sigma_mlp", "sigma_dino", "videomae")
+    return entry.method == "random" or entry.method in SELF_SUPERVISED
 
 
 def finetune_metrics(encoder: torch.nn.Module, inputs: SetInputs, work_dir: Path, config: FinetuneConfig | None,
@@ -394,8 +393,7 @@ def finetune_metrics(encoder: torch.nn.Module, inputs: SetInputs, work_dir: Path
 
     from sigma_ray.eval.efficiency import LAPTOP_FINETUNE, finetune_shots, level_key
 
-    smallest = min(Counter(int(line.split()[-1]) for line in Path(inputs.data.train_list).read_text().splitlines()
-                           if line.strip()).values())
+    smallest = min(Counter(_list_labels(Path(inputs.data.train_list))).values())
     result = finetune_shots(encoder, inputs.data, inputs.suite_set.num_classes,
                             shots=(*(n for n in SHOTS if n < smallest), None), config=config or LAPTOP_FINETUNE,
                             seed=seed, work_dir=work_dir)
@@ -456,7 +454,7 @@ def run_suite(paths: Sequence[str | Path], sets: Sequence[str | Path] = (), out_
     if random:
         seen = set()
         for e, cfg in described:   # a bare encoder file does not say what it started from
-            if e.method in ("sigma_mlp", "videomae", "sigma_dino") and e.seed not in seen and Path(e.run_dir).is_dir():
+            if e.method in SELF_SUPERVISED and e.seed not in seen and Path(e.run_dir).is_dir():
                 seen.add(e.seed)
                 entries.append((Entry("random", e.seed, None, e.run_dir), cfg))
     own = [cfg["data"]["root"] for _, cfg in described if "root" in cfg["data"]] if own_sets else []

@@ -23,6 +23,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from sigma_ray.eval.features import eval_mode
+from sigma_ray.model.projection import tube_pixels
 from sigma_ray.step import normalize_clips
 
 OVERCLUSTER_K = 10
@@ -158,10 +159,7 @@ class MaskedClips:
 def pixel_tokens(clips_uint8: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     """The raw-pixel reference: each tube's normalized pixels as its feature, ``B x L x (tubelet*patch*patch*3)``
     time-major (what K-means on colour and its change alone finds)."""
-    x = normalize_clips(clips_uint8)                       # B x C x T x H x W
-    b, c, t, h, w = x.shape
-    x = x.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
-    return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, (t // tubelet) * (h // patch) * (w // patch), -1)
+    return tube_pixels(normalize_clips(clips_uint8), tubelet, patch)
 
 
 def vos_scores(encoder: nn.Module | None, data: MaskedClips, tubelet: int, patch: int, batch_size: int = 32,
