@@ -27,12 +27,12 @@ import av
 import numpy as np
 import torch
 
+from sigma_ray.data import sampling, transforms
 from sigma_ray.data.annotations import VideoRecord
 from sigma_ray.data.clips import ClipMaker, epoch_rows
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoDecodeError
 from sigma_ray.data.iterator import ClipIterator, collate
-from sigma_ray.data import sampling, transforms
 
 
 class RowDataset(torch.utils.data.Dataset):

@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sigma_ray.sinkhorn import sinkhorn
+from sigma_ray.method.sinkhorn import sinkhorn
 
 
 @torch.no_grad()

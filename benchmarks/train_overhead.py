@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from sigma_ray.config import from_dict
 from sigma_ray.data.iterator import ClipIterator
-from sigma_ray.model.sigma import build_model
-from sigma_ray.step import train_step
+from sigma_ray.infra.config import from_dict
+from sigma_ray.method.sigma import build_model
+from sigma_ray.method.step import train_step
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.optim import build_optimizer
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench_config(synthetic: dict, storage: str, steps: int, args: argparse.Namespace, log_every: int
                  ) -> PretrainConfig:
     """local_tiny.yaml with the benchmark's model size, clip size, patch, objective and batch."""
-    from sigma_ray.config import load_yaml
+    from sigma_ray.infra.config import load_yaml
 
     raw = load_yaml(ROOT / "experiments" / "configs" / "local_tiny.yaml")
     raw.update(name="overhead", storage_path=storage, synthetic=False)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sigma_ray.masking import MaskConfig, MaskGenerator, num_masked
-from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel
-from sigma_ray.model.vit import VIT_SIZES, ModelConfig
-from sigma_ray.step import forward_backward, normalize_clips, optimizer_step
+from sigma_ray.method.masking import MaskConfig, MaskGenerator, num_masked
+from sigma_ray.method.sigma import ObjectiveConfig, SigmaModel
+from sigma_ray.method.step import forward_backward, normalize_clips, optimizer_step
+from sigma_ray.method.vit import VIT_SIZES, ModelConfig
 
 H100_BF16_TFLOPS = 800.0  # measured 8192^3 bf16 matmul rate on the lent H100
 

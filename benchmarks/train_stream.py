@@ -54,7 +54,7 @@ def main() -> None:
     import ray
 
     from sigma_ray.data.synthetic import ensure_synthetic
-    from sigma_ray.ray_session import init_ray
+    from sigma_ray.infra.ray_session import init_ray
 
     demo = DemoConfig(out_dir=args.data)
     data = pretrain_config(demo, "videomae").data

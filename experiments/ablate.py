@@ -30,11 +30,11 @@ COLUMNS = (("linear_top1", "linear"), ("knn20_top1", "kNN k=20"), ("time_linear_
 def run(tag: str, method: str, data_dir: str, overrides: list[str], results: Path, seed: int) -> dict:
     import torch
 
-    from sigma_ray.config import from_dict, merge_overrides, to_dict
     from sigma_ray.demo import DemoConfig, demo_data, pretrain_config, with_overrides
     from sigma_ray.eval.features import eval_batches
     from sigma_ray.eval.readouts import frozen_probes
-    from sigma_ray.model.sigma import build_model
+    from sigma_ray.infra.config import from_dict, merge_overrides, to_dict
+    from sigma_ray.method.sigma import build_model
     from sigma_ray.train.local import pretrain_local
 
     torch.set_num_threads(1)

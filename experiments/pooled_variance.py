@@ -20,11 +20,12 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sigma_ray.demo import METHODS, DemoConfig, demo_data, load_model, pretrain_config
+    from sigma_ray.demo import METHODS, DemoConfig, demo_data, pretrain_config
     from sigma_ray.eval.features import Features, eval_batches, extract_features
     from sigma_ray.eval.knn import knn_eval
     from sigma_ray.eval.metrics import class_variance_share
-    from sigma_ray.model.sigma import build_model
+    from sigma_ray.method.sigma import build_model
+    from sigma_ray.runs.encoders import load_model
 
     parser = argparse.ArgumentParser(prog="pooled_variance.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)

@@ -11,10 +11,10 @@ def _step_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from sigma_ray.masking import MaskGenerator
-    from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel
-    from sigma_ray.model.vit import ModelConfig, count_parameters
-    from sigma_ray.step import metrics_to_floats, train_step
+    from sigma_ray.method.masking import MaskGenerator
+    from sigma_ray.method.sigma import ObjectiveConfig, SigmaModel
+    from sigma_ray.method.step import metrics_to_floats, train_step
+    from sigma_ray.method.vit import ModelConfig, count_parameters
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -47,8 +47,8 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sigma_ray.config import ConfigError
     from sigma_ray.demo import DemoConfig, quick_config, run_demo, with_data, with_overrides
+    from sigma_ray.infra.checks import ConfigError
 
     base = quick_config() if args.quick else DemoConfig()
     changes = {k: v for k, v in (("out_dir", args.out), ("steps", args.steps), ("seeds", args.seeds),
@@ -79,7 +79,7 @@ def _init_overrides(released, model_file: Path) -> list[str]:
 
     import yaml
 
-    from sigma_ray.model.vit import ModelConfig
+    from sigma_ray.method.vit import ModelConfig
 
     def item(key: str, value) -> str:
         return f"{key}={yaml.safe_dump(value).splitlines()[0]}"
@@ -99,7 +99,7 @@ def _init_overrides(released, model_file: Path) -> list[str]:
 
 def _import(args: argparse.Namespace) -> int:
     """Released weights (the SIGMA/VideoMAE release or transformers' VideoMAE) -> encoder.pt (+ model.pt)."""
-    from sigma_ray.model.release import ReleaseFormatError, import_released
+    from sigma_ray.runs.release import ReleaseFormatError, import_released
 
     try:
         released, written = import_released(args.src, args.out, args.num_frames, args.img_size)
@@ -124,9 +124,9 @@ def _import(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """An encoder (encoder.pt, run or checkpoint directory) -> transformers' VideoMAEModel or the release layout."""
-    from sigma_ray.eval.run import load_any_encoder
-    from sigma_ray.model.release import ReleaseFormatError, export_release, export_transformers
-    from sigma_ray.weights import CheckpointError
+    from sigma_ray.runs.encoders import load_any_encoder
+    from sigma_ray.runs.release import ReleaseFormatError, export_release, export_transformers
+    from sigma_ray.runs.weights import CheckpointError
 
     try:
         encoder, source = load_any_encoder(args.encoder)
@@ -184,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(probes, 4/16 per class, fine-tuning curves, arrow of time, counting, multi-label, "
                         "segmentation) and add its tables to report.md (OUT/suite/suite.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any sigma_ray.demo.DemoConfig field, e.g. sigma.queue_length=0, "
-                   "pixels.normalize_target=false, supervised=false (repeatable)")
+                   help="override a sigma_ray.demo.DemoConfig field (supervised=false) or a field of the SIGMA-MLP "
+                   "run, the VideoMAE run or both, as in their experiments experiments/configs/demo_*.yaml "
+                   "(sigma.objective.queue_length=64, pixels.objective.normalize_target=false, "
+                   "runs.data.batch_size=4); repeatable")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("step-demo", help="one training step of the tiny model on a random clip (no Ray)")

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from sigma_ray.config import yaml_problem
+from sigma_ray.infra.config import yaml_problem
 
 # Ray schedules resources in units of 1/10000: compare amounts in those units so 100 x 0.01 == 1 exactly.
 _UNIT = 10_000
@@ -54,7 +54,7 @@ def validate_cluster_config(raw: Any, name: str = "cluster config") -> dict[str,
     import click
     import jsonschema
 
-    from sigma_ray.ray_compat import validate_cluster_file
+    from sigma_ray.infra.ray_compat import validate_cluster_file
 
     if not isinstance(raw, dict):
         raise ClusterConfigError(f"{name}: expected a mapping at the top level, got {type(raw).__name__}")
@@ -277,7 +277,7 @@ def experiment_request(experiment, num_workers: int | None = None) -> dict[str, 
     worker are ``train.worker_gpus`` (0 without ``use_gpu``); the actor count is ``data.num_actors_max``: the pool
     should be able to grow to its maximum.
     """
-    from sigma_ray.config import from_dict
+    from sigma_ray.infra.config import from_dict
     from sigma_ray.train.config import PretrainConfig
 
     config = experiment if isinstance(experiment, PretrainConfig) else from_dict(PretrainConfig, dict(experiment))

@@ -5,8 +5,9 @@
    whose class is the motion of objects alone, ``data_dir`` any set of one's own (VideoMAE lists).
 2. For each seed, pretrains the same video model on the local Ray twice at equal compute (the same steps, batch,
    clips, schedule and initial weights): SIGMA-MLP and the VideoMAE pixel baseline, each with its own settings
-   (:class:`SigmaSettings`, :class:`PixelSettings`). A kNN probe runs every ``probe_every`` steps inside the
-   training loop. The steps are ``steps`` whatever the set's size.
+   (the YAML experiments ``experiments/configs/demo_sigma_mlp.yaml`` and ``demo_videomae.yaml``, which
+   ``experiments/pretrain.py --config`` runs alone too). A kNN probe runs every ``train.probe_every`` steps inside
+   the training loop. The steps are ``steps`` whatever the set's size.
 3. Trains the same encoder from the same initial weights *with the labels* for the same steps on the same clips
    (the supervised bound: how much this small ViT can learn from this budget at all).
 4. Evaluates SIGMA-MLP, VideoMAE, the random initial weights and the supervised encoder on the val split: kNN
@@ -30,24 +31,28 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sigma_ray.config import (ConfigError, check_choice, check_range, from_dict, merge_overrides, save_yaml,
-                              to_dict)
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.synthetic import KINDS, SyntheticConfig, class_factors, ensure_synthetic
 from sigma_ray.eval.features import eval_batches
 from sigma_ray.eval.knn import KnnProbe
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
+from sigma_ray.infra.config import from_dict, load_yaml, merge_overrides, save_yaml, to_dict
+from sigma_ray.runs.encoders import load_model
+from sigma_ray.runs.files import CONFIG_FILE, ENCODER_FILE, METRICS_FILE
 from sigma_ray.train.config import PretrainConfig
 
 METHODS = {"sigma_mlp": "SIGMA-MLP", "videomae": "VideoMAE (pixels)", "random": "random init",
            "supervised": "supervised (labels)"}
 PRETRAINED = ("sigma_mlp", "videomae")
+# the demo's pretraining runs as YAML experiments (demo.yaml, demo_sigma_mlp.yaml, demo_videomae.yaml)
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 # The main table's columns: the standard readouts (mean pooling), the two that keep time, the effective rank.
 COLUMNS = {"knn20_top1": "kNN k=20", "knn200_top1": "kNN k=200", "linear_top1": "linear", "time_knn20_top1":
            "time-slice kNN k=20", "time_linear_top1": "time-slice linear", "attentive_top1": "attentive",
@@ -55,100 +60,42 @@ COLUMNS = {"knn20_top1": "kNN k=20", "knn200_top1": "kNN k=200", "linear_top1": 
 
 
 @dataclass(frozen=True)
-class SigmaSettings:
-    """SIGMA-MLP's settings in the demo. lr, mask ratio, K and temperature: of the three sweep rounds
-    experiments/configs/sweep_demo_sigma*.yaml, the best three-seed mean of kNN and linear top-1 (round 2's trial
-    6, rounded to 3 digits; docs/studies/patterns.md, "The demo's settings"). A frozen projection and soft codes:
-    the best of seven one-lever changes on both tuning copies, ``patterns`` and ``motion`` (docs/studies/
-    transfer.md); the jointly trained projection of the paper threw the motion of moving objects away, and hard
-    codes of an untrained projection lost to soft ones. The rest are the paper's."""
-
-    lr: float = 0.00708                   # base lr, x batch / 256
-    mask_ratio: float = 0.808
-    num_prototypes: int = 121
-    temperature: float = 0.129
-    sinkhorn_iterations: int = 10
-    sinkhorn_eps: float = 0.05
-    hard_codes: bool = False              # SwAV's soft codes (the paper's release: hard)
-    queue_length: int = 0
-    queue_start: int = 0
-    freeze_prototypes: int = 0
-    feature_dim: int = 256
-    projection_hidden: tuple[int, ...] = (1024, 1024, 512)
-    target_motion: bool = False
-    freeze_projection: bool = True        # a fixed random projection (the paper trains it)
-
-    def validate(self) -> None:
-        check_range("lr", self.lr, 0.0, lo_open=True)
-        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, lo_open=True, hi_open=True)
-
-
-@dataclass(frozen=True)
-class PixelSettings:
-    """The VideoMAE baseline's settings in the demo, chosen as SIGMA-MLP's with the same budget: of the three rounds
-    experiments/configs/sweep_demo_pixels.yaml, sweep_demo_pixels_r2.yaml and sweep_demo_pixels_r3.yaml, the best
-    three-seed mean of the three best trials (round 3's trial 5, rounded to 3 digits)."""
-
-    lr: float = 0.0075
-    mask_ratio: float = 0.759
-    normalize_target: bool = True         # False: raw [0, 1] pixel targets (objective.normalize_target)
-    target_motion: bool = False           # also predict each tube's frame-to-frame differences
-
-    def validate(self) -> None:
-        check_range("lr", self.lr, 0.0, lo_open=True)
-        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0, lo_open=True, hi_open=True)
-
-
-@dataclass(frozen=True)
 class DemoConfig:
     """The demo's knobs; the defaults are ``make demo`` (one seed, about 7 minutes on a 2-core CPU).
 
-    Compute per method and seed: ``steps x batch_size`` clips of ``num_frames x size x size``. Seed ``s`` of
-    ``seed .. seed + seeds - 1`` sets the initial weights, the data order, the crops and the masks; the data set
-    itself is fixed by ``data_seed``. ``torch_threads`` None: every core of this machine for the trainer.
+    The two pretraining runs are YAML experiments (``experiments/configs/demo_sigma_mlp.yaml`` and
+    ``demo_videomae.yaml``, both on ``demo.yaml``): model, clips, schedule, each method's objective, lr and mask
+    ratio, and the generated data set (their ``synthetic`` section). ``sigma``, ``pixels`` and ``runs`` are
+    ``section.field=value`` overrides of the SIGMA-MLP run, the VideoMAE run and both (``objective.queue_length=0``,
+    ``data.batch_size=4``); the demo then sets each run's name, storage, seed, data paths and threads, and its
+    epochs from the set's size, so that every run takes ``steps`` optimizer steps whatever the set.
+
+    Seed ``s`` of ``seed .. seed + seeds - 1`` sets the initial weights, the data order, the crops and the masks;
+    the data set itself is fixed by the experiments' ``synthetic.seed``. ``torch_threads`` None: every core of this
+    machine for the trainer.
     """
 
     out_dir: str = "runs/demo"
     seeds: int = 1
     seed: int = 0
-    # The data set: a synthetic family (sigma_ray.data.synthetic.KINDS) written under out_dir/synthetic from the
-    # fields below, or ``data_dir``, a directory of your own with VideoMAE lists train.csv and val.csv (``path
-    # label`` lines, paths relative to it) and optionally factors.json (factor probes). Either way the steps are
-    # ``steps``, whatever the set's size, and the classes are the lists' labels.
-    data_kind: str = "patterns"
+    sigma_experiment: str = str(CONFIGS / "demo_sigma_mlp.yaml")
+    pixels_experiment: str = str(CONFIGS / "demo_videomae.yaml")
+    sigma: tuple[str, ...] = ()
+    pixels: tuple[str, ...] = ()
+    runs: tuple[str, ...] = ()
+    # The data set: the experiments' synthetic family (``data_kind`` None) or another of
+    # sigma_ray.data.synthetic.KINDS, written under out_dir/synthetic, or ``data_dir``, a directory of your own with
+    # VideoMAE lists train.csv and val.csv (``path label`` lines, paths relative to it) and optionally
+    # factors.json (factor probes). Either way the classes are the lists' labels.
+    data_kind: str | None = None
     data_dir: str | None = None
-    num_classes: int = 8
-    train_per_class: int = 200
-    val_per_class: int = 50
-    video_frames: int = 32
-    data_seed: int = 2                    # the evaluation set: exploration used seed 0, the sweeps seed 1
-    size: int = 32
-    model_size: str = "micro"
-    num_frames: int = 8
-    sampling_rate: int = 2
-    tubelet: int = 2
-    patch: int = 8
-    # Crop scales of the train clips (data.scales). VideoMAE's multi-scale crop (1, 0.875, 0.75, 0.66) rescales
-    # the wall's pattern, so its period no longer matches the patch and the pixel target of a masked tube is no
-    # longer inferable (docs/studies/patterns.md); the demo trains on uncropped clips.
-    crop_scales: tuple[float, ...] = (1.0,)
-    # Time, height and width encoded apart: better for both methods on both tuning copies than the releases' 1-D
-    # table over the flattened index (docs/studies/transfer.md); encoders trained with it export to sigma-ray's
-    # format only (transformers' VideoMAE knows the 1-D table alone).
-    pos_embed: str = "sincos_3d"
-    # Twice the steps of the sweeps' trials (1,200), the same 120-step warm-up: at 1,200 steps SIGMA-MLP trailed
-    # VideoMAE on kNN on the tuning copy in every seed, at 2,400 it led on the mean of both probes
-    # (docs/studies/patterns.md, "Around the demo's settings"). Both methods get the same budget.
-    steps: int = 2400
-    batch_size: int = 8
-    warmup_steps: int = 120
-    probe_every: int = 300
+    steps: int | None = None              # None: the experiments' train.max_steps (2,400)
+    warmup_steps: int | None = None       # None: the experiments' warm-up in steps (120)
     probe_per_class: int = 20             # the in-training kNN probe's bank and queries per class (the final
                                           # evaluation uses the whole train and val splits)
     linear_epochs: int = 100
     attentive_epochs: int = 30
     torch_threads: int | None = None
-    decode_cache_mb: float = 512.0        # per process (data.decode_cache_mb): the 1,600 train videos take 157 MB
     supervised: bool = True
     # base lr of the supervised bound: the best of 0.006, 0.012, 0.024 by its own head's val top-1 on the tuning
     # copy (data seed 1), mean of 3 seeds (docs/studies/patterns.md, "The demo's settings")
@@ -164,36 +111,45 @@ class DemoConfig:
     suite_val: int = 120
     suite_finetune: bool = True
     suite_finetune_epochs: int = 10       # epochs of the laptop fine-tuning recipe (eval.efficiency.LAPTOP_FINETUNE)
-    sigma: SigmaSettings = field(default_factory=SigmaSettings)
-    pixels: PixelSettings = field(default_factory=PixelSettings)
 
     def validate(self) -> None:
         check_range("seeds", self.seeds, 1, 100)
-        check_choice("data_kind", self.data_kind, KINDS)
-        check_range("num_classes", self.num_classes, 2, 10)
-        check_range("train_per_class", self.train_per_class, 1)
-        check_range("val_per_class", self.val_per_class, 1)
-        check_range("steps", self.steps, 1)
-        check_range("warmup_steps", self.warmup_steps, 0, self.steps)
-        check_range("batch_size", self.batch_size, 1)
-        check_range("probe_every", self.probe_every, 1)
+        if self.data_kind is not None:
+            check_choice("data_kind", self.data_kind, KINDS)
+        if self.steps is not None:
+            check_range("steps", self.steps, 1)
+        runs = {kind: self.experiment(kind) for kind in PRETRAINED}   # each names its file and field when wrong
+        if runs["sigma_mlp"].synthetic != runs["videomae"].synthetic:
+            raise ConfigError("the two experiments' synthetic sections differ: both methods must train on one set")
+        if self.warmup_steps is not None:
+            check_range("warmup_steps", self.warmup_steps, 0, self.total_steps)
         check_range("probe_per_class", self.probe_per_class, 1)
         check_range("attentive_epochs", self.attentive_epochs, 1)
         check_range("supervised_lr", self.supervised_lr, 0.0, lo_open=True)
-        check_range("decode_cache_mb", self.decode_cache_mb, 0.0, 2.0**20)
         for kind in self.suite_kinds:
             check_choice("suite_kinds", kind, KINDS)
         check_range("suite_train", self.suite_train, 1)
         check_range("suite_val", self.suite_val, 1)
         check_range("suite_finetune_epochs", self.suite_finetune_epochs, 1)
-        if self.suite and self.data_dir is None and self.suite_data_seed == self.data_seed:
-            raise ConfigError(f"suite_data_seed = {self.suite_data_seed} is the demo's own data_seed: the suite's "
+        if self.suite and self.data_dir is None and self.suite_data_seed == self.synthetic.seed:
+            raise ConfigError(f"suite_data_seed = {self.suite_data_seed} is the demo's own data seed: the suite's "
                               "copies would not be held back")
         if self.torch_threads is not None:
             check_range("torch_threads", self.torch_threads, 1, 1024)
-        if self.num_classes * self.train_per_class < self.batch_size:
-            raise ConfigError(f"train_per_class x num_classes = {self.num_classes * self.train_per_class} must "
-                              f"hold at least one batch of batch_size = {self.batch_size}")
+        s = self.synthetic
+        if self.data_dir is None and s.num_classes * s.train_per_class < self.batch_size:
+            raise ConfigError(f"synthetic.train_per_class x num_classes = {s.num_classes * s.train_per_class} must "
+                              f"hold at least one batch of data.batch_size = {self.batch_size}")
+
+    def experiment(self, kind: str) -> PretrainConfig:
+        """The YAML experiment of ``kind`` (``sigma_mlp`` or ``videomae``) with ``runs`` and that method's
+        overrides, validated; errors name the file and the field."""
+        path, own = ((self.sigma_experiment, self.sigma) if kind == "sigma_mlp" else
+                     (self.pixels_experiment, self.pixels))
+        try:
+            return from_dict(PretrainConfig, merge_overrides(load_yaml(path), (*self.runs, *own)))
+        except ConfigError as e:
+            raise ConfigError(f"{Path(path).name}: {e}") from None
 
     @property
     def seed_list(self) -> list[int]:
@@ -201,25 +157,64 @@ class DemoConfig:
 
     @property
     def synthetic(self) -> SyntheticConfig:
-        """The demo's data set (written under ``out_dir/synthetic`` on first use)."""
-        return SyntheticConfig(kind=self.data_kind, num_classes=self.num_classes,
-                               train_per_class=self.train_per_class, val_per_class=self.val_per_class,
-                               frames=self.video_frames, size=self.size, seed=self.data_seed)
+        """The demo's generated data set (written under ``out_dir/synthetic`` on first use): the experiments'
+        ``synthetic`` section, of family ``data_kind`` when set."""
+        synthetic = self.experiment("sigma_mlp").synthetic
+        if not isinstance(synthetic, SyntheticConfig):
+            raise ConfigError(f"{Path(self.sigma_experiment).name}: synthetic must describe the demo's data set")
+        return synthetic if self.data_kind is None else dataclasses.replace(synthetic, kind=self.data_kind)
+
+    @property
+    def family(self) -> str:
+        """The generated family the demo trains on."""
+        return self.synthetic.kind
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps per method and seed."""
+        return self.steps if self.steps is not None else self.experiment("sigma_mlp").train.max_steps
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: ``warmup_steps``, else the experiments' (their warm-up epochs' share of their steps)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        train = self.experiment("sigma_mlp").train
+        return round(train.max_steps * train.warmup_epochs / train.epochs)
+
+    @property
+    def batch_size(self) -> int:
+        return self.experiment("sigma_mlp").data.batch_size
 
 
 def quick_config(out_dir: str = "runs/demo_quick") -> DemoConfig:
     """The smallest end-to-end run (tests, a first look): every step of the demo in about a minute."""
-    return DemoConfig(out_dir=out_dir, num_classes=4, train_per_class=4, val_per_class=2, batch_size=4, steps=4,
-                      warmup_steps=1, probe_every=2, probe_per_class=2, linear_epochs=5,
-                      sigma=SigmaSettings(num_prototypes=16, projection_hidden=(64,), queue_length=64),
+    return DemoConfig(out_dir=out_dir, steps=4, warmup_steps=1, probe_per_class=2, linear_epochs=5,
+                      runs=("synthetic.num_classes=4", "synthetic.train_per_class=4", "synthetic.val_per_class=2",
+                            "data.batch_size=4", "train.probe_every=2"),
+                      sigma=("objective.num_prototypes=16", "objective.projection_hidden=[64]",
+                             "objective.queue_length=64"),
                       suite_kinds=("patterns", "count", "arrow"), suite_train=24, suite_val=12,
                       suite_finetune_epochs=1)
 
 
+RUN_OVERRIDES = ("sigma", "pixels", "runs")   # --set sigma.objective.queue_length=0: an override of that run
+
+
 def with_overrides(demo: DemoConfig, overrides: list[str]) -> DemoConfig:
-    """``demo`` with ``field=value`` / ``section.field=value`` overrides (``sigma.queue_length=0``,
-    ``pixels.normalize_target=false``), checked like a config file: an unknown key or a bad value names it."""
-    return from_dict(DemoConfig, merge_overrides(dataclasses.asdict(demo), overrides))
+    """``demo`` with ``field=value`` overrides of its own fields and ``sigma.KEY=VALUE`` / ``pixels.KEY=VALUE`` /
+    ``runs.KEY=VALUE`` overrides of its runs (``sigma.objective.queue_length=0``), checked like a config file: an
+    unknown key or a bad value names it."""
+    own, runs = [], {name: list(getattr(demo, name)) for name in RUN_OVERRIDES}
+    for text in overrides:
+        head, _, rest = text.partition(".")
+        if head in RUN_OVERRIDES and "=" in rest and rest.index("=") > 0:
+            runs[head].append(rest)
+        else:
+            own.append(text)
+    raw = merge_overrides(dataclasses.asdict(demo), own)
+    raw.update({name: tuple(v) for name, v in runs.items()})
+    return from_dict(DemoConfig, raw)   # validate() builds both runs: a bad run override fails here
 
 
 def with_data(demo: DemoConfig, data: str, keep_out_dir: bool = False) -> DemoConfig:
@@ -228,9 +223,10 @@ def with_data(demo: DemoConfig, data: str, keep_out_dir: bool = False) -> DemoCo
     motion``, ``runs/demo_myset``) unless ``keep_out_dir`` or the set is ``demo``'s own family."""
     is_kind = data in KINDS
     name = data if is_kind else Path(data).resolve().name
-    same_set = is_kind and demo.data_dir is None and data == demo.data_kind
+    if is_kind and demo.data_dir is None and data == demo.family:
+        return demo
     demo = dataclasses.replace(demo, **({"data_kind": data} if is_kind else {"data_dir": data}))
-    return demo if keep_out_dir or same_set else dataclasses.replace(demo, out_dir=f"{demo.out_dir}_{name}")
+    return demo if keep_out_dir else dataclasses.replace(demo, out_dir=f"{demo.out_dir}_{name}")
 
 
 def run_name(kind: str, seed: int) -> str:
@@ -263,20 +259,21 @@ def demo_data(demo: DemoConfig) -> DemoData:
         name, factors = root.name, read_factors(root)
     else:
         root = Path(demo.out_dir, "synthetic").resolve()
-        name = demo.data_kind
+        name = demo.family
     counts = {}
     for split in ("train", "val"):
         path = root / f"{split}.csv"
         counts[split] = [int(line.split()[-1]) for line in path.read_text().splitlines() if line.strip()] \
             if path.is_file() else None
     if counts["train"] is None:   # not written yet: the generator's numbers
-        num_classes = demo.num_classes
-        num_train, num_val = demo.num_classes * demo.train_per_class, demo.num_classes * demo.val_per_class
+        s = demo.synthetic
+        num_classes = s.num_classes
+        num_train, num_val = s.num_classes * s.train_per_class, s.num_classes * s.val_per_class
     else:
         num_classes = max(counts["train"] + counts["val"]) + 1
         num_train, num_val = len(counts["train"]), len(counts["val"])
     if demo.data_dir is None:
-        factors = {f: v["of_class"] for f, v in class_factors(demo.data_kind, num_classes).items()}
+        factors = {f: v["of_class"] for f, v in class_factors(demo.family, num_classes).items()}
     if num_train < demo.batch_size:
         raise ConfigError(f"the train set has {num_train} videos, fewer than one batch of batch_size = "
                           f"{demo.batch_size}")
@@ -286,50 +283,27 @@ def demo_data(demo: DemoConfig) -> DemoData:
 def pretrain_config(demo: DemoConfig, kind: str, seed: int | None = None, data: DemoData | None = None
                     ) -> PretrainConfig:
     """The pretraining run of one method (``sigma_mlp`` or ``videomae``) and seed on the demo's data set
-    (``data``, default :func:`demo_data`): ``demo.steps`` steps, as epochs of that set's size."""
+    (``data``, default :func:`demo_data`): the method's experiment (:meth:`DemoConfig.experiment`) with this
+    demo's name, storage, seed, data paths and threads, and ``demo.total_steps`` steps as epochs of the set's size
+    (the same warm-up steps whatever the set)."""
     seed = demo.seed if seed is None else seed
     data = demo_data(demo) if data is None else data
-    root = data.root
-    epochs = -(-demo.steps // (data.num_train // demo.batch_size))
-    if kind == "sigma_mlp":
-        s = demo.sigma
-        lr, ratio = s.lr, s.mask_ratio
-        objective = {"kind": kind, "num_prototypes": s.num_prototypes, "temperature": s.temperature,
-                     "sinkhorn_iterations": s.sinkhorn_iterations, "sinkhorn_eps": s.sinkhorn_eps,
-                     "hard_codes": s.hard_codes, "queue_length": s.queue_length, "queue_start": s.queue_start,
-                     "freeze_prototypes": s.freeze_prototypes, "feature_dim": s.feature_dim,
-                     "projection_hidden": list(s.projection_hidden), "target_motion": s.target_motion,
-                     "freeze_projection": s.freeze_projection}
-    else:
-        lr, ratio = demo.pixels.lr, demo.pixels.mask_ratio
-        objective = {"kind": kind, "normalize_target": demo.pixels.normalize_target,
-                     "target_motion": demo.pixels.target_motion}
-    return from_dict(PretrainConfig, {
-        "name": run_name(kind, seed), "storage_path": str(Path(demo.out_dir).resolve()),
-        "model": {"size": demo.model_size, "num_frames": demo.num_frames, "img_size": demo.size,
-                  "tubelet": demo.tubelet, "patch": demo.patch, "pos_embed": demo.pos_embed},
-        "objective": objective,
-        "data": {"root": root, "train_list": f"{root}/train.csv", "val_list": f"{root}/val.csv",
-                 "num_classes": data.num_classes, "num_frames": demo.num_frames,
-                 "sampling_rate": demo.sampling_rate, "input_size": demo.size, "decode_short_side": demo.size,
-                 "tubelet": demo.tubelet, "patch": demo.patch, "scales": list(demo.crop_scales),
-                 "batch_size": demo.batch_size,
-                 "mask": {"ratio": ratio}, "seed": seed,
-                 "num_actors_min": 1, "num_actors_max": 1, "actor_num_cpus": 0.5,
-                 "decode_cache_mb": demo.decode_cache_mb},
-        "train": {"epochs": epochs, "max_steps": demo.steps,
-                  "warmup_epochs": epochs * demo.warmup_steps / demo.steps, "base_lr": lr,
-                  "min_lr": lr / 100, "num_workers": 1, "cpus_per_worker": 0.5,
-                  "torch_threads": demo.torch_threads or os.cpu_count() or 1,
-                  "log_every": 10, "checkpoint_every": demo.steps, "keep_checkpoints": 1,
-                  "probe_every": demo.probe_every, "seed": seed},
-    })
+    raw = to_dict(demo.experiment(kind))
+    steps, root = demo.total_steps, data.root
+    epochs = -(-steps // (data.num_train // raw["data"]["batch_size"]))
+    raw.update(name=run_name(kind, seed), storage_path=str(Path(demo.out_dir).resolve()),
+               synthetic=False)   # the demo writes its set itself (ensure_synthetic), under out_dir
+    raw["data"].update(root=root, train_list=f"{root}/train.csv", val_list=f"{root}/val.csv",
+                       num_classes=data.num_classes, seed=seed)
+    raw["train"].update(epochs=epochs, max_steps=steps, warmup_epochs=epochs * demo.warmup / steps,
+                        torch_threads=demo.torch_threads or os.cpu_count() or 1, checkpoint_every=steps, seed=seed)
+    return from_dict(PretrainConfig, raw)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The run's ``metrics.jsonl`` rows; a resumed run's repeated steps keep their latest row."""
     rows: dict[int, dict] = {}
-    for line in Path(run_dir, "metrics.jsonl").read_text().splitlines():
+    for line in Path(run_dir, METRICS_FILE).read_text().splitlines():
         row = json.loads(line)
         rows[row["step"]] = row
     return [rows[s] for s in sorted(rows)]
@@ -369,9 +343,9 @@ def supervised_bound(demo: DemoConfig, data: DataConfig, encoder: torch.nn.Modul
     from sigma_ray.eval.config import FinetuneConfig
     from sigma_ray.eval.finetune import finetune
 
-    epochs = -(-demo.steps // (num_train // demo.batch_size))
-    steps_per_epoch = demo.steps // epochs
-    config = FinetuneConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=demo.warmup_steps /
+    epochs = -(-demo.total_steps // (num_train // demo.batch_size))
+    steps_per_epoch = demo.total_steps // epochs
+    config = FinetuneConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=demo.warmup /
                             steps_per_epoch, base_lr=demo.supervised_lr, min_lr=demo.supervised_lr / 100,
                             betas=(0.9, 0.95), layer_decay=1.0, drop_path=0.0, mixup=0.0, cutmix=0.0,
                             label_smoothing=0.0, rand_augment=False, random_erasing=0.0, test_split="val",
@@ -391,11 +365,11 @@ def save_supervised(encoder: torch.nn.Module, config: PretrainConfig, run_dir: P
     """Keep the supervised bound's encoder as a run directory (``encoder.pt`` and the ``config.yaml`` of the run
     whose clips and steps it shared), so that ``sigma-ray eval --suite`` evaluates it beside the pretrained ones,
     and its head's val top-1, steps, seconds and lr (``supervised.json``), so that a rerun reuses it."""
-    from sigma_ray.model.export import save_encoder
+    from sigma_ray.runs.export import save_encoder
 
-    save_encoder(encoder, config.model, run_dir / "encoder.pt",
+    save_encoder(encoder, config.model, run_dir / ENCODER_FILE,
                  meta={"supervised_bound": True, "seed": config.train.seed})
-    save_yaml(to_dict(dataclasses.replace(config, name=run_dir.name)), run_dir / "config.yaml")
+    save_yaml(to_dict(dataclasses.replace(config, name=run_dir.name)), run_dir / CONFIG_FILE)
     keep = {k: result[k] for k in ("finetune_top1", "steps", "seconds")}
     (run_dir / SUPERVISED_FILE).write_text(json.dumps({**keep, "supervised_lr": supervised_lr}))
 
@@ -404,14 +378,14 @@ def load_supervised(config: PretrainConfig, run_dir: Path, supervised_lr: float
                     ) -> tuple[torch.nn.Module, dict] | None:
     """A finished supervised bound of the same run (its config.yaml equals ``config`` up to the name, the same
     lr) from ``run_dir``, as ``(encoder, result)``; None when there is none to reuse."""
-    from sigma_ray.config import load_yaml
-    from sigma_ray.eval.run import load_any_encoder
+    from sigma_ray.infra.config import load_yaml
+    from sigma_ray.runs.encoders import load_any_encoder
 
     done = run_dir / SUPERVISED_FILE
     if not done.is_file():
         return None
     result = json.loads(done.read_text())
-    same = load_yaml(run_dir / "config.yaml") == to_dict(dataclasses.replace(config, name=run_dir.name))
+    same = load_yaml(run_dir / CONFIG_FILE) == to_dict(dataclasses.replace(config, name=run_dir.name))
     if not same or result.get("supervised_lr") != supervised_lr:
         return None
     return load_any_encoder(str(run_dir))[0].eval(), result
@@ -423,9 +397,9 @@ def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bo
     standardized targets (and their frame differences, with ``target_motion``), each channel's mean pixel for raw
     ones. The value its loss must fall below to have learned anything. On train clips with the demo's masks."""
     from sigma_ray.data.iterator import ClipIterator
-    from sigma_ray.model.projection import tube_pixels, tube_target
-    from sigma_ray.model.vit import gather_tokens, split_indices
-    from sigma_ray.step import normalize_clips
+    from sigma_ray.method.projection import tube_pixels, tube_target
+    from sigma_ray.method.step import normalize_clips
+    from sigma_ray.method.vit import gather_tokens, split_indices
 
     config = dataclasses.replace(data, mask=dataclasses.replace(data.mask, ratio=mask_ratio), seed=seed)
     targets = []
@@ -440,21 +414,11 @@ def trivial_pixel_loss(data: DataConfig, mask_ratio: float, normalize_target: bo
     return float((target - mean).pow(2).mean())
 
 
-def load_model(run_dir: str | Path, config: PretrainConfig):
-    """The whole pretraining model (encoder, decoder, projection, prototypes) from the run's last checkpoint."""
-    from sigma_ray.model.sigma import build_model
-    from sigma_ray.train.checkpoint import load_model_state, newest_valid
-
-    model = build_model(config.model, config.objective)
-    model.load_state_dict(load_model_state(newest_valid(run_dir).path)[0])
-    return model.eval()
-
-
 def token_assignments(model, clip: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Prototype ids per token for one clip: the projection's (every token) and the video model's prediction
     (masked tokens; -1 on visible ones). ``clip``: uint8 ``T x H x W x C``; ``mask``: ``N`` bool."""
-    from sigma_ray.model.vit import split_indices
-    from sigma_ray.step import normalize_clips
+    from sigma_ray.method.step import normalize_clips
+    from sigma_ray.method.vit import split_indices
 
     x = normalize_clips(clip[None])
     all_idx = torch.arange(mask.numel())[None]
@@ -619,7 +583,7 @@ def plot_strip(model, data: DataConfig, out: Path, seed: int) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sigma_ray.masking import MaskGenerator
+    from sigma_ray.method.masking import MaskGenerator
 
     batch = next(iter(eval_batches(dataclasses.replace(data, batch_size=1), "val")))
     clip = batch["clips"][0]
@@ -673,13 +637,13 @@ def suite_set_roots(demo: DemoConfig, out: Path) -> list[str]:
 
     roots = []
     for kind in demo.suite_kinds:
-        classes = min(demo.num_classes, len(KIND_CLASSES[kind]))
+        classes = min(demo.synthetic.num_classes, len(KIND_CLASSES[kind]))
         root = out / "suite_sets" / kind
         if not (root / "val.csv").is_file():   # the lists are written last: a set without them is rewritten
             print(f"[demo] suite: writing the held-back {kind} set (data seed {demo.suite_data_seed})", flush=True)
             make_synthetic(root, num_classes=classes, train_per_class=max(1, demo.suite_train // classes),
-                           val_per_class=max(1, demo.suite_val // classes), frames=demo.video_frames,
-                           size=demo.size, seed=demo.suite_data_seed, kind=kind)
+                           val_per_class=max(1, demo.suite_val // classes), frames=demo.synthetic.frames,
+                           size=demo.synthetic.size, seed=demo.suite_data_seed, kind=kind)
         roots.append(str(root))
     return roots
 
@@ -692,9 +656,9 @@ def run_demo_suite(demo: DemoConfig, out: Path) -> str:
     from sigma_ray.eval.suite import run_suite
 
     runs = [out / run_name(kind, seed) for seed in demo.seed_list for kind in (*PRETRAINED, "supervised")
-            if (out / run_name(kind, seed) / "config.yaml").is_file()]
-    finetune = ((demo.data_kind,) if demo.suite_finetune and demo.data_dir is None
-                and demo.data_kind in demo.suite_kinds else ())
+            if (out / run_name(kind, seed) / CONFIG_FILE).is_file()]
+    finetune = ((demo.family,) if demo.suite_finetune and demo.data_dir is None
+                and demo.family in demo.suite_kinds else ())
     print(f"[demo] suite: {len(runs)} runs and the random initial weights on {', '.join(demo.suite_kinds)}"
           + (f"; fine-tuning on {finetune[0]}" if finetune else ""), flush=True)
     run_suite(runs, suite_set_roots(demo, out), out / "suite", own_sets=False, linear_epochs=demo.linear_epochs,
@@ -706,13 +670,11 @@ def run_demo_suite(demo: DemoConfig, out: Path) -> str:
 
 def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole demo (see the module docstring); returns the summary also written to results.json."""
-    from sigma_ray.ray_session import init_ray
-    from sigma_ray.model.sigma import build_model
+    from sigma_ray.infra.ray_session import init_ray
+    from sigma_ray.method.sigma import build_model
     from sigma_ray.train.launch import pretrain
 
     demo.validate()
-    demo.sigma.validate()
-    demo.pixels.validate()
     t_start = time.perf_counter()
     out = Path(demo.out_dir).resolve()
     if demo.data_dir is None:
@@ -720,7 +682,8 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     dataset = demo_data(demo)
     data = pretrain_config(demo, "sigma_mlp", data=dataset).data
     print(f"[demo] data: {dataset.name} at {dataset.root}: {dataset.num_classes} classes, {dataset.num_train} train / "
-          f"{dataset.num_val} val videos; {demo.steps} steps = {-(-demo.steps // (dataset.num_train // demo.batch_size))}"
+          f"{dataset.num_val} val videos; {demo.total_steps} steps = "
+          f"{-(-demo.total_steps // (dataset.num_train // demo.batch_size))}"
           f" epochs of {dataset.num_train // demo.batch_size} steps", flush=True)
     # The dashboard: to watch the runs, and Ray Train V2's placement-group cleaner queries its state API.
     init_ray(include_dashboard=True)
@@ -735,12 +698,12 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
         models = {}
         for kind in PRETRAINED:
             config = pretrain_config(demo, kind, seed, dataset)
-            print(f"[demo] seed {seed}: pretraining {METHODS[kind]}, {demo.steps} steps x {demo.batch_size} clips",
+            print(f"[demo] seed {seed}: pretraining {METHODS[kind]}, {demo.total_steps} steps x {demo.batch_size} clips",
                   flush=True)
             result = pretrain(config, probe=probe)
             runs[kind][seed] = read_metrics(result.run_dir)
             seconds[kind].append(step_seconds(runs[kind][seed]))
-            models[kind] = load_model(result.run_dir, config)
+            models[kind] = load_model(result.run_dir, config.model, config.objective)
         sigma_model = sigma_model or models["sigma_mlp"]
         config = pretrain_config(demo, "sigma_mlp", seed, dataset)
         torch.manual_seed(seed)  # the initial weights both runs started from (the trainer seeds the same way)
@@ -751,7 +714,7 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
             sup_dir = out / run_name("supervised", seed)
             reused = load_supervised(config, sup_dir, demo.supervised_lr)
             if reused is None:
-                print(f"[demo] seed {seed}: the supervised bound, {demo.steps} steps x {demo.batch_size} labelled "
+                print(f"[demo] seed {seed}: the supervised bound, {demo.total_steps} steps x {demo.batch_size} labelled "
                       "clips", flush=True)
                 t0 = time.perf_counter()
                 encoders["supervised"], sup = supervised_bound(demo, data, random_encoder, seed, dataset.num_train)
@@ -769,8 +732,9 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
                                            dataset.factors, demo.attentive_epochs)
 
     summary = summarize(per_seed)
-    trivial = trivial_pixel_loss(data, demo.pixels.mask_ratio, demo.pixels.normalize_target,
-                                 target_motion=demo.pixels.target_motion)
+    pixels = pretrain_config(demo, "videomae", data=dataset)
+    trivial = trivial_pixel_loss(data, pixels.data.mask.ratio, pixels.objective.normalize_target,
+                                 target_motion=pixels.objective.target_motion)
     plots = plot_curves(runs, out, trivial)
     plots["frames, mask and prototype assignments"] = plot_strip(sigma_model, data, out, demo.seed)
     chance = 100.0 / dataset.num_classes
@@ -778,7 +742,8 @@ def run_demo(demo: DemoConfig = DemoConfig()) -> dict[str, Any]:
     table = format_table(summary, chance, demo.seeds, mean_seconds)
     factor_table = format_factor_table(summary, dataset.factors, demo.seeds)
     final = {kind: {s: rows[-1] for s, rows in r.items()} for kind, r in runs.items()}
-    diagnostics = _diagnostics(final, trivial, supervised_head, demo.sigma.num_prototypes)
+    sigma = pretrain_config(demo, "sigma_mlp", data=dataset)
+    diagnostics = _diagnostics(final, trivial, supervised_head, sigma.objective.num_prototypes)
     suite_md = None
     if demo.suite:
         t_suite = time.perf_counter()
@@ -820,17 +785,19 @@ def _diagnostics(final: dict[str, dict[int, dict]], trivial: float, supervised_h
 def write_report(path: Path, demo: DemoConfig, dataset: DemoData, table: str, factor_table: str, seed_rows: str,
                  line: str, diagnostics: str, plots: dict[str, str], total_s: float,
                  suite_md: str | None = None) -> None:
-    s, p = demo.sigma, demo.pixels
+    sigma, pixels = (pretrain_config(demo, kind, data=dataset) for kind in PRETRAINED)
+    s, m = sigma.objective, sigma.model
     where = f"the synthetic '{dataset.name}' set" if demo.data_dir is None else f"the set in {dataset.root}"
     lines = [
         "# sigma-ray demo", "",
-        f"The `{demo.model_size}` video ViT ({demo.num_frames} frames at {demo.size}x{demo.size}, tubelet "
-        f"{demo.tubelet}, patch {demo.patch}) pretrained for {demo.steps} steps x {demo.batch_size} clips on {where} "
+        f"The `{m.size}` video ViT ({m.num_frames} frames at {m.img_size}x{m.img_size}, tubelet "
+        f"{m.tubelet}, patch {m.patch}) pretrained for {demo.total_steps} steps x {demo.batch_size} clips on {where} "
         f"({dataset.num_classes} classes, {dataset.num_train} train / {dataset.num_val} val videos), once with "
         f"SIGMA-MLP (K = {s.num_prototypes}, temperature {s.temperature}, {s.sinkhorn_iterations} Sinkhorn "
         f"iterations, eps {s.sinkhorn_eps}, {'hard' if s.hard_codes else 'soft'} codes, queue {s.queue_length}, "
-        f"target motion {s.target_motion}, base lr {s.lr}, mask ratio {s.mask_ratio}) and once with the "
-        f"VideoMAE pixel target (base lr {p.lr}, mask ratio {p.mask_ratio}), at equal compute: the same steps, "
+        f"target motion {s.target_motion}, base lr {sigma.train.base_lr}, mask ratio {sigma.data.mask.ratio}) and "
+        f"once with the VideoMAE pixel target (base lr {pixels.train.base_lr}, mask ratio {pixels.data.mask.ratio}), "
+        "at equal compute: the same steps, "
         "batch, clips, schedule and initial weights. 'random init' is those initial weights; 'supervised' is the "
         f"same encoder trained with the labels for the same steps. Seeds: {', '.join(map(str, demo.seed_list))}.",
         "", "Accuracy on the val split in percent, of frozen encoders. kNN: bank from the train split, T = 0.07; "

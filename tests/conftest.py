@@ -26,7 +26,7 @@ def ray_session():
     """One local Ray for all tests that need it (ray.init costs seconds); shut down at the end."""
     import ray
 
-    from sigma_ray.ray_session import init_ray
+    from sigma_ray.infra.ray_session import init_ray
 
     started = not ray.is_initialized()
     if started:
@@ -59,7 +59,7 @@ def tiny_encoder():
     """A randomly initialized ``tiny`` encoder for 8 frames at 64x64, in eval mode (seed 0)."""
     import torch
 
-    from sigma_ray.model.vit import ModelConfig, VideoEncoder
+    from sigma_ray.method.vit import ModelConfig, VideoEncoder
 
     torch.manual_seed(0)
     return VideoEncoder(ModelConfig(size="tiny", num_frames=8, img_size=64)).eval()

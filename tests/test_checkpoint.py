@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from sigma_ray.model.export import load_encoder, save_encoder
-from sigma_ray.model.sigma import ObjectiveConfig, build_model
-from sigma_ray.model.vit import ModelConfig
-from sigma_ray.ray_compat import register_checkpoints, registered_checkpoints
-from sigma_ray.train.checkpoint import (STATE_FILE, CheckpointError, list_checkpoints, load_checkpoint,
-                                        load_model_state, newest_valid, read_info, resume_point, save_checkpoint,
-                                        set_aside, verify_checkpoint)
+from sigma_ray.infra.ray_compat import register_checkpoints, registered_checkpoints
+from sigma_ray.method.sigma import ObjectiveConfig, build_model
+from sigma_ray.method.vit import ModelConfig
+from sigma_ray.runs.checkpoint import (STATE_FILE, CheckpointError, list_checkpoints, load_checkpoint, load_model_state,
+                                       newest_valid, read_info, resume_point, save_checkpoint, set_aside,
+                                       verify_checkpoint)
+from sigma_ray.runs.export import load_encoder, save_encoder
 from sigma_ray.train.optim import build_optimizer
 
 CFG = ModelConfig("tiny", 8, 64)

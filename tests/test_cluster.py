@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sigma_ray.cluster import (ClusterConfigError, check_placement, experiment_request, load_cluster_config,
-                               main, node_type_table, plan_placement, validate_cluster_config)
+from sigma_ray.cluster import (ClusterConfigError, check_placement, experiment_request, load_cluster_config, main,
+                               node_type_table, plan_placement, validate_cluster_config)
 from sigma_ray.train.config import load_pretrain_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_placement_counts_the_cluster_max_workers_and_the_head(aws):
 
 def test_experiment_request_reads_the_pretrain_config():
     """An experiment that omits the resource keys asks for what the run itself would: PretrainConfig's defaults."""
-    from sigma_ray.config import ConfigError
+    from sigma_ray.infra.checks import ConfigError
     from sigma_ray.train.config import PretrainConfig
 
     defaults = PretrainConfig()
@@ -396,7 +396,7 @@ def test_fake_multinode_autoscaler_places_the_pretraining_job(tmp_path):
     plan = plan_placement(cfg, **request)
     assert plan.fits, plan.problems
 
-    from sigma_ray.ray_compat import node_ip_address
+    from sigma_ray.infra.ray_compat import node_ip_address
 
     port = free_port()
     address = f"{node_ip_address()}:{port}"

@@ -1,9 +1,9 @@
 """Annotation loaders: VideoMAE lists, folder-per-class, unlabeled lists, and file:line errors."""
 import pytest
 
-from sigma_ray.config import from_dict
 from sigma_ray.data.annotations import AnnotationError, load_folder, load_list, load_split
 from sigma_ray.data.config import DataConfig
+from sigma_ray.infra.config import from_dict
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from sigma_ray.config import ConfigError, from_dict
 from sigma_ray.data.annotations import VideoRecord
 from sigma_ray.data.clips import ClipMaker, Row
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.iterator import ClipIterator
 from sigma_ray.data.stats import SkipBoundError, SkipStats
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict
 
 SMALL = dict(num_frames=8, sampling_rate=2, input_size=64, decode_short_side=96, batch_size=3)
 BAD = ("empty.mp4", "not_a_video.mp4", "truncated.mp4", "half.mp4")

@@ -8,12 +8,12 @@ import re
 import av
 import pytest
 
-from sigma_ray.config import ConfigError
 from sigma_ray.data.annotations import load_list
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoReader
 from sigma_ray.data.iterator import ClipIterator
 from sigma_ray.data.prepare import PrepareConfig, add_arguments, config_from_args, prepare, read_manifest
+from sigma_ray.infra.checks import ConfigError
 
 from videos import read_stamp
 

@@ -3,7 +3,6 @@ and the pipeline's produced-versus-consumed statistics (real videos, real PyAV, 
 import numpy as np
 import pytest
 
-from sigma_ray.config import ConfigError, from_dict
 from sigma_ray.data import clips as clips_module
 from sigma_ray.data.clips import ClipMaker, Row
 from sigma_ray.data.config import DataConfig
@@ -11,6 +10,8 @@ from sigma_ray.data.decode import VideoReader
 from sigma_ray.data.iterator import ClipIterator
 from sigma_ray.data.pipeline import ClipPipeline
 from sigma_ray.data.stats import ConsumerMeter, PipelineStats
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict
 
 from test_data_clips import SMALL, records
 

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sigma_ray.config import from_dict
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import read_frames
-from sigma_ray.data.leakage import affine_motion, leak_checks, nearest_centroid, ridge
 from sigma_ray.data.iterator import ClipIterator
-from sigma_ray.config import ConfigError
+from sigma_ray.data.leakage import affine_motion, leak_checks, nearest_centroid, ridge
 from sigma_ray.data.synthetic import (ARROW_CLASSES, ARROW_PROCESSES, ARROW_RADIUS, CAMERA_CLASSES, COUNT_CLASSES,
                                       COUNT_CYCLES, COUNT_WINDOW, FINE_CLASSES, FINE_STEP, KIND_CLASSES, KINDS,
                                       MASK_RENDERERS, MOTION_CLASSES, MOTION_SHAPES, MOTION_SPEEDS,
@@ -22,7 +20,9 @@ from sigma_ray.data.synthetic import (ARROW_CLASSES, ARROW_PROCESSES, ARROW_RADI
                                       _motion_objects, arrow_frames, count_frames, make_synthetic, mask_path,
                                       motion_frames, pattern_frames, read_masks, scene_frames, write_mp4)
 from sigma_ray.eval.splits import charades_lists, load_multilabel_list
-from sigma_ray.model.projection import normalize_tubes, tube_pixels
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict
+from sigma_ray.method.projection import normalize_tubes, tube_pixels
 
 
 @pytest.fixture(scope="module")

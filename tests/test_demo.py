@@ -8,25 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from sigma_ray.config import ConfigError
-from sigma_ray.demo import (COLUMNS, METHODS, DemoConfig, PixelSettings, SigmaSettings, format_table, pretrain_config,
-                            quick_config, run_demo, step_seconds, summarize, verdict, with_overrides)
+from sigma_ray.demo import (COLUMNS, METHODS, DemoConfig, format_table, pretrain_config, quick_config, run_demo,
+                            step_seconds, summarize, verdict, with_overrides)
+from sigma_ray.infra.checks import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_pretrain_configs_share_everything_but_the_objective_and_its_tuned_settings(tmp_path):
-    demo = DemoConfig(out_dir=str(tmp_path), sigma=SigmaSettings(lr=0.01, mask_ratio=0.8),
-                      pixels=PixelSettings(lr=0.02, mask_ratio=0.6))
+    demo = DemoConfig(out_dir=str(tmp_path), sigma=("train.base_lr=0.01", "data.mask.ratio=0.8"),
+                      pixels=("train.base_lr=0.02", "data.mask.ratio=0.6"))
     sigma, pixels = pretrain_config(demo, "sigma_mlp", 3), pretrain_config(demo, "videomae", 3)
     assert sigma.objective.kind == "sigma_mlp" and pixels.objective.kind == "videomae"
-    assert sigma.model == pixels.model and sigma.model.patch == demo.patch
+    assert sigma.model == pixels.model and sigma.model.patch == 8
     assert (sigma.train.base_lr, pixels.train.base_lr) == (0.01, 0.02)
     assert (sigma.data.mask.ratio, pixels.data.mask.ratio) == (0.8, 0.6)
     same_data = dataclasses.replace(pixels.data, mask=sigma.data.mask)
     same_train = dataclasses.replace(pixels.train, base_lr=0.01, min_lr=sigma.train.min_lr)
     assert same_data == sigma.data and same_train == sigma.train
-    assert sigma.train.max_steps == demo.steps and sigma.global_batch == demo.batch_size
+    assert sigma.train.max_steps == demo.total_steps == 2400 and sigma.global_batch == demo.batch_size == 8
+    assert sigma.train.warmup_epochs / sigma.train.epochs * 2400 == pytest.approx(demo.warmup) and demo.warmup == 120
     # a seed sets the initial weights and the data order, crops and masks; the set itself is the data seed's
     other = pretrain_config(demo, "sigma_mlp", 4)
     assert (other.train.seed, other.data.seed) == (4, 4) and other.data.train_list == sigma.data.train_list
@@ -62,48 +63,77 @@ def test_verdict_says_whether_the_ordering_holds():
 
 
 def test_bad_demo_config_names_the_field(tmp_path):
-    with pytest.raises(ConfigError, match="mask_ratio"):
-        run_demo(DemoConfig(out_dir=str(tmp_path), pixels=PixelSettings(mask_ratio=1.0)))
+    with pytest.raises(ConfigError, match=r"demo_videomae.yaml: data.mask.ratio = 1.0 is outside"):
+        run_demo(DemoConfig(out_dir=str(tmp_path), pixels=("data.mask.ratio=1.0",)))
     with pytest.raises(ConfigError, match="seeds"):
         run_demo(DemoConfig(out_dir=str(tmp_path), seeds=0))
     with pytest.raises(ConfigError, match="suite_kinds"):
         run_demo(DemoConfig(out_dir=str(tmp_path), suite=True, suite_kinds=("patterns", "nope")))
-    with pytest.raises(ConfigError, match="suite_data_seed = 2 is the demo's own data_seed"):
+    with pytest.raises(ConfigError, match="suite_data_seed = 2 is the demo's own data seed"):
         run_demo(DemoConfig(out_dir=str(tmp_path), suite=True, suite_data_seed=2))
 
 
 def test_demo_overrides_reach_nested_settings_and_bad_keys_are_named(tmp_path, capsys):
     from sigma_ray.cli import main
 
-    demo = with_overrides(DemoConfig(), ["sigma.queue_length=0", "pixels.normalize_target=false", "steps=1200",
-                                         "supervised=false"])
-    assert (demo.sigma.queue_length, demo.pixels.normalize_target, demo.steps, demo.supervised) == (0, False, 1200,
-                                                                                                   False)
-    assert demo.sigma.projection_hidden == DemoConfig().sigma.projection_hidden
-    assert pretrain_config(demo, "videomae").objective.normalize_target is False
-    with pytest.raises(ConfigError, match="queue_lenght"):
-        with_overrides(DemoConfig(), ["sigma.queue_lenght=0"])
+    demo = with_overrides(DemoConfig(), ["sigma.objective.queue_length=64", "pixels.objective.normalize_target=false",
+                                         "runs.data.sampling_rate=1", "steps=1200", "supervised=false"])
+    assert (demo.sigma, demo.pixels, demo.runs) == (("objective.queue_length=64",),
+                                                    ("objective.normalize_target=false",), ("data.sampling_rate=1",))
+    assert (demo.steps, demo.supervised) == (1200, False)
+    sigma, pixels = pretrain_config(demo, "sigma_mlp"), pretrain_config(demo, "videomae")
+    assert sigma.objective.queue_length == 64 and pixels.objective.queue_length == 0
+    assert pixels.objective.normalize_target is False and sigma.objective.normalize_target is True
+    assert sigma.data.sampling_rate == pixels.data.sampling_rate == 1 and sigma.train.max_steps == 1200
+    assert sigma.objective.projection_hidden == (1024, 1024, 512)     # the experiment's, untouched
+    with pytest.raises(ConfigError, match=r"demo_sigma_mlp.yaml: unknown key queue_lenght in objective "
+                                          r"\(did you mean queue_length\?\)"):
+        with_overrides(DemoConfig(), ["sigma.objective.queue_lenght=0"])
+    with pytest.raises(ConfigError, match="unknown key bogus"):
+        with_overrides(DemoConfig(), ["bogus=1"])
     # the command refuses it before writing anything
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", "pixels.mask_ratio=1.5"]) == 2
-    assert "mask_ratio" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", "pixels.data.mask.ratio=1.5"]) == 2
+    assert "data.mask.ratio = 1.5" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+def test_the_demos_runs_are_the_experiments_that_pretrain_runs_alone(tmp_path):
+    """experiments/configs/demo_sigma_mlp.yaml and demo_videomae.yaml are the demo's runs: what
+    ``experiments/pretrain.py --config`` trains from them is the demo's seed-0 run but for its name, storage,
+    threads and the set's location (the demo writes its set under its out_dir)."""
+    from sigma_ray.demo import CONFIGS
+    from sigma_ray.train.config import load_pretrain_config
+
+    demo = DemoConfig()
+    for kind in ("sigma_mlp", "videomae"):
+        alone = load_pretrain_config(CONFIGS / f"demo_{kind}.yaml")
+        run = pretrain_config(demo, kind, 0)
+        assert (alone.model, alone.objective) == (run.model, run.objective)
+        keep = dict(root=None, train_list="", val_list=None)
+        assert dataclasses.replace(alone.data, **keep) == dataclasses.replace(run.data, **keep)
+        assert dataclasses.replace(alone.train, torch_threads=None) == dataclasses.replace(run.train, torch_threads=None)
+        assert alone.synthetic == demo.synthetic and alone.synthetic.seed == 2
+        assert alone.data.train_list == "runs/demo/synthetic/train.csv" and alone.name == f"demo_{kind}"
 
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
-    demo = dataclasses.replace(quick_config(str(tmp_path)), seeds=2, steps=8, probe_every=4, suite=True)
+    demo = with_overrides(dataclasses.replace(quick_config(str(tmp_path)), seeds=2, steps=8, suite=True),
+                          ["runs.train.probe_every=4"])
     out = run_demo(demo)
     assert sorted(out["per_seed"]) == [0, 1] and all(set(r) == set(METHODS) for r in out["per_seed"].values())
     for r in out["per_seed"].values():
         assert all(0 <= m["linear_top1"] <= 100 and m["effective_rank"] >= 1 for m in r.values())
     # the runs trained: the encoders moved away from their shared initial weights, the pixel loss fell
-    from sigma_ray.demo import load_model, run_name
+    from sigma_ray.demo import run_name
+    from sigma_ray.runs.encoders import load_model
     for seed in (0, 1):
         torch.manual_seed(seed)
         cfg = pretrain_config(demo, "sigma_mlp", seed)
-        from sigma_ray.model.sigma import build_model
+        from sigma_ray.method.sigma import build_model
         init = build_model(cfg.model, cfg.objective).encoder.state_dict()
         for kind in ("sigma_mlp", "videomae"):
-            trained = load_model(tmp_path / run_name(kind, seed), pretrain_config(demo, kind, seed)).encoder
+            run = pretrain_config(demo, kind, seed)
+            trained = load_model(tmp_path / run_name(kind, seed), run.model, run.objective).encoder
             moved = max((trained.state_dict()[k] - v).abs().max().item() for k, v in init.items())
             assert moved > 1e-4, (kind, seed)
         rows = [json.loads(line) for line in (tmp_path / run_name("videomae", seed) / "metrics.jsonl")
@@ -136,8 +166,8 @@ def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
         assert f"({png})" in report
     assert 0 < out["trivial_pixel_loss"] <= 1.0
     # the supervised bound is kept as a run directory the evaluation suite reads
-    from sigma_ray.eval.run import load_any_encoder
     from sigma_ray.eval.suite import describe_run
+    from sigma_ray.runs.encoders import load_any_encoder
     for seed in (0, 1):
         entry, _ = describe_run(tmp_path / f"supervised_seed{seed}")
         assert (entry.method, entry.seed, entry.pretrained_on) == ("supervised", seed, "patterns")
@@ -157,33 +187,30 @@ def test_quick_demo_end_to_end_with_two_seeds(ray_session, tmp_path):
     assert again["per_seed"] == out["per_seed"]
 
 
-def test_the_tuning_config_is_the_demos_run_on_another_data_set():
-    """experiments/configs/demo_tuning.yaml (what both demo sweeps start from) must stay the demo's run: the same
-    model, clips, batch, masks and schedule shape, on the same generator's set with another seed."""
-    from pathlib import Path
-
-    from sigma_ray.data.synthetic import SyntheticConfig
-    from sigma_ray.train.config import load_pretrain_config
+@pytest.mark.parametrize("sweep, kind", [("sweep_demo_sigma", "sigma_mlp"), ("sweep_demo_sigma_r3", "sigma_mlp"),
+                                         ("sweep_demo_pixels", "videomae"), ("sweep_demo_pixels_r2", "videomae")])
+def test_the_demo_sweeps_start_from_the_demos_run_on_a_tuning_copy(sweep, kind):
+    """The demo's sweeps tune the demo's own run (its experiment file, no copy of it): the same model, objective,
+    clips, batch, masks and schedule shape, on the same generator's set with another seed, at 1,200 steps."""
+    from sigma_ray.demo import CONFIGS
+    from sigma_ray.infra.config import load_config
+    from sigma_ray.tune.config import SweepConfig
 
     demo = DemoConfig()
-    tuning = load_pretrain_config(Path(__file__).parents[1] / "experiments/configs/demo_tuning.yaml")
-    run = pretrain_config(demo, "sigma_mlp")
-    assert tuning.model == run.model
-    keep = dict(root=None, train_list="", val_list=None, seed=0)
-    mask = dataclasses.replace(run.data.mask, ratio=tuning.data.mask.ratio)     # both sweeps search the ratio
-    assert dataclasses.replace(tuning.data, **keep) == dataclasses.replace(run.data, mask=mask, **keep)
-    assert tuning.synthetic == dataclasses.replace(demo.synthetic, seed=1)
-    assert demo.synthetic == SyntheticConfig(kind=demo.data_kind, num_classes=demo.num_classes,
-                                             train_per_class=demo.train_per_class, val_per_class=demo.val_per_class,
-                                             frames=demo.video_frames, size=demo.size, seed=demo.data_seed)
-    assert tuning.synthetic.seed != demo.data_seed            # never tuned on the set the demo reports
-    t, r = tuning.train, run.train
+    base = load_config(SweepConfig, CONFIGS / f"{sweep}.yaml").base_pretrain()
+    run = pretrain_config(demo, kind, 0)
+    assert (base.model, base.objective) == (run.model, run.objective)
+    keep = dict(root=None, train_list="", val_list=None)
+    assert dataclasses.replace(base.data, **keep) == dataclasses.replace(run.data, **keep)
+    assert base.data.root == "runs/demo_tuning/synthetic"
+    assert base.synthetic == dataclasses.replace(demo.synthetic, seed=1)
+    assert base.synthetic.seed != demo.synthetic.seed            # never tuned on the set the demo reports
+    t, r = base.train, run.train
     # the demo trains twice the tuning runs' 1,200 steps (docs/studies/patterns.md), with the same 120 warm-up steps
-    assert (r.epochs, r.max_steps, t.epochs) == (12, 2400, 6)
-    assert t.warmup_epochs == pytest.approx(r.warmup_epochs)
-    assert t.min_lr / t.base_lr == pytest.approx(r.min_lr / r.base_lr)
-    assert (t.betas, t.weight_decay, t.num_workers) == (r.betas, r.weight_decay, r.num_workers)
-    assert tuning.objective.kind == "sigma_mlp"
+    assert (r.epochs, r.max_steps, t.epochs, t.max_steps) == (12, 2400, 6, 1200)
+    assert t.warmup_epochs / t.epochs * t.max_steps == pytest.approx(r.warmup_epochs / r.epochs * r.max_steps)
+    assert (t.base_lr, t.min_lr, t.betas, t.weight_decay, t.num_workers) == \
+        (r.base_lr, r.min_lr, r.betas, r.weight_decay, r.num_workers)
 
 
 def test_the_step_budget_is_the_demos_whatever_the_sets_size(tmp_path):
@@ -195,7 +222,8 @@ def test_the_step_budget_is_the_demos_whatever_the_sets_size(tmp_path):
 
     own = tmp_path / "own"
     make_synthetic(own, num_classes=4, train_per_class=5, val_per_class=2, frames=16, size=32, seed=3, kind="motion")
-    demo = DemoConfig(out_dir=str(tmp_path / "out"), data_dir=str(own), steps=30, warmup_steps=3, batch_size=4)
+    demo = DemoConfig(out_dir=str(tmp_path / "out"), data_dir=str(own), steps=30, warmup_steps=3,
+                      runs=("data.batch_size=4",))
     data = demo_data(demo)
     assert (data.num_classes, data.num_train, data.num_val, data.name) == (4, 20, 8, "own")
     assert data.factors == {"speed": [0, 1, 0, 1], "direction": [0, 0, 1, 1]}      # from its factors.json
@@ -203,8 +231,7 @@ def test_the_step_budget_is_the_demos_whatever_the_sets_size(tmp_path):
     assert run_length(config, data.num_train) == (5, 30) and config.data.num_classes == 4
     assert config.data.train_list == f"{own.resolve()}/train.csv"
     # the synthetic set in out_dir is read from disk once written, whatever the generator's settings say
-    generated = DemoConfig(out_dir=str(tmp_path / "gen"), steps=30, warmup_steps=3, batch_size=4, num_classes=8,
-                           train_per_class=200)
+    generated = DemoConfig(out_dir=str(tmp_path / "gen"), steps=30, warmup_steps=3, runs=("data.batch_size=4",))
     assert demo_data(generated).num_train == 1600                   # not written yet: the generator's size
     make_synthetic(tmp_path / "gen" / "synthetic", num_classes=4, train_per_class=3, val_per_class=1, frames=16,
                    size=32, seed=3)

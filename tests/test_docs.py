@@ -21,7 +21,7 @@ def test_the_site_builds_strictly_with_its_api_reference(tmp_path):
     out = build(ROOT, tmp_path / "site")
     assert out.returncode == 0, out.stderr[-3000:]
     method = (tmp_path / "site" / "reference" / "method" / "index.html").read_text()
-    assert "sigma_ray.sinkhorn" in method and "doc-heading" in method          # rendered from the docstrings
+    assert "sigma_ray.method.sinkhorn" in method and "doc-heading" in method          # rendered from the docstrings
 
 
 def test_a_broken_link_fails_the_build(tmp_path):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from sigma_ray.data.annotations import AnnotationError, load_list
-from sigma_ray.eval.splits import (charades_lists, finegym_lists, kinetics_lists, load_count_list,
-                                   load_multilabel_list, main, ssv2_lists, ucfrep_lists)
+from sigma_ray.eval.splits import (charades_lists, finegym_lists, kinetics_lists, load_count_list, load_multilabel_list,
+                                   main, ssv2_lists, ucfrep_lists)
 
 
 def lines(path):

@@ -10,9 +10,9 @@ from sigma_ray.data.annotations import AnnotationError
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.synthetic import write_mp4
 from sigma_ray.eval.config import FinetuneConfig
-from sigma_ray.eval.efficiency import (LAPTOP_FINETUNE, curves_from_metrics, finetune_shots, level_config,
-                                       plot_curves, subset_list)
-from sigma_ray.model.vit import ModelConfig, VideoEncoder
+from sigma_ray.eval.efficiency import (LAPTOP_FINETUNE, curves_from_metrics, finetune_shots, level_config, plot_curves,
+                                       subset_list)
+from sigma_ray.method.vit import ModelConfig, VideoEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

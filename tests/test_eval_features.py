@@ -7,11 +7,11 @@ import torch
 from sigma_ray.data.annotations import load_split
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.iterator import ClipIterator
+from sigma_ray.eval.features import (Features, average_by_video, eval_batches, extract_features, features_for_split,
+                                     pool_features)
 from sigma_ray.eval.metrics import single_thread
-from sigma_ray.eval.features import (Features, average_by_video, eval_batches, extract_features,
-                                     features_for_split, pool_features)
-from sigma_ray.model.export import load_encoder, save_encoder
-from sigma_ray.model.vit import ModelConfig, VideoEncoder
+from sigma_ray.method.vit import ModelConfig, VideoEncoder
+from sigma_ray.runs.export import load_encoder, save_encoder
 
 MODEL = ModelConfig(size="tiny", num_frames=8, img_size=64, drop_path=0.3)
 

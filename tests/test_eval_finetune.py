@@ -9,8 +9,8 @@ from sigma_ray.data.config import DataConfig
 from sigma_ray.eval.config import FinetuneConfig
 from sigma_ray.eval.finetune import (ClipAugment, VideoClassifier, finetune, layer_id, make_mixup, mix_clips,
                                      param_groups, with_drop_path)
-from sigma_ray.model.vit import ModelConfig
-from sigma_ray.schedule import warmup_cosine
+from sigma_ray.infra.schedule import warmup_cosine
+from sigma_ray.method.vit import ModelConfig
 
 MODEL = ModelConfig(size="tiny", num_frames=8, img_size=64)
 

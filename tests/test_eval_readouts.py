@@ -74,9 +74,9 @@ def test_factor_labels_and_factors_file(tmp_path):
 
 
 def test_tokens_and_probes_of_an_encoder_on_real_clips(tiny_synthetic, tiny_encoder, one_thread):
-    from sigma_ray.config import from_dict
     from sigma_ray.data.config import DataConfig
     from sigma_ray.eval.features import extract_features
+    from sigma_ray.infra.config import from_dict
 
     data = from_dict(DataConfig, {"train_list": tiny_synthetic["train"], "val_list": tiny_synthetic["val"],
                                   "root": tiny_synthetic["root"], "num_frames": 8, "sampling_rate": 2,

@@ -6,16 +6,16 @@ import pytest
 import torch
 import yaml
 
-from sigma_ray.config import ConfigError
 from sigma_ray.data.config import DataConfig
 from sigma_ray.eval.cli import main
 from sigma_ray.eval.config import EvalConfig, FinetuneConfig, KnnConfig, LinearConfig
-from sigma_ray.eval.run import (check_shapes, confusion_matrix, evaluate, load_any_encoder, plot_confusion,
-                                resolve_encoder)
-from sigma_ray.model.export import save_encoder
-from sigma_ray.model.sigma import ObjectiveConfig, build_model
-from sigma_ray.train.checkpoint import save_checkpoint
-from sigma_ray.model.vit import ModelConfig
+from sigma_ray.eval.run import check_shapes, confusion_matrix, evaluate, plot_confusion
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.method.sigma import ObjectiveConfig, build_model
+from sigma_ray.method.vit import ModelConfig
+from sigma_ray.runs.checkpoint import save_checkpoint
+from sigma_ray.runs.encoders import load_any_encoder, resolve_encoder
+from sigma_ray.runs.export import save_encoder
 
 MODEL = ModelConfig(size="tiny", num_frames=8, img_size=64)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -149,7 +149,7 @@ def test_official_split_conversion(tmp_path):
 def test_example_configs_load(name):
     from pathlib import Path
 
-    from sigma_ray.config import load_config
+    from sigma_ray.infra.config import load_config
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{name}.yaml"
     config = load_config(EvalConfig, path)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sigma_ray.config import from_dict, save_yaml, to_dict
 from sigma_ray.data.synthetic import make_synthetic
 from sigma_ray.eval.cli import main
 from sigma_ray.eval.efficiency import LAPTOP_FINETUNE
 from sigma_ray.eval.suite import read_set, run_suite
-from sigma_ray.model.export import save_encoder
-from sigma_ray.model.sigma import build_model
+from sigma_ray.infra.config import from_dict, save_yaml, to_dict
+from sigma_ray.method.sigma import build_model
+from sigma_ray.runs.export import save_encoder
 from sigma_ray.train.config import PretrainConfig
 
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
+from sigma_ray.data.sampling import dense_eval_indices
 from sigma_ray.eval.features import Features
 from sigma_ray.eval.temporal import arrow_of_time, arrow_pairs, count_regression, reversed_batches, ridge_fit
-from sigma_ray.eval.vos import (greedy_objects, hungarian_objects, iou_matrix, kmeans, object_jaccard,
-                                segment_clip, tube_labels, upsample_tubes, vos_scores, MaskedClips)
-from sigma_ray.data.sampling import dense_eval_indices
+from sigma_ray.eval.vos import (MaskedClips, greedy_objects, hungarian_objects, iou_matrix, kmeans, object_jaccard,
+                                segment_clip, tube_labels, upsample_tubes, vos_scores)
 
 
 def test_jaccard_by_hand():

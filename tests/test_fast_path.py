@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel
-from sigma_ray.step import normalize_clips
+from sigma_ray.method.sigma import ObjectiveConfig, SigmaModel
+from sigma_ray.method.step import normalize_clips
 from test_model import TINY, make_batch
 
 

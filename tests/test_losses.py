@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sigma_ray.losses import SwappedPredictionLoss
+from sigma_ray.method.losses import SwappedPredictionLoss
 
 from test_sinkhorn import _free_port, cosine_scores, textbook_sinkhorn
 

@@ -3,8 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sigma_ray.config import ConfigError, from_dict
-from sigma_ray.masking import MaskConfig, MaskGenerator, num_masked, random_mask, token_grid, tube_mask
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict
+from sigma_ray.method.masking import MaskConfig, MaskGenerator, num_masked, random_mask, token_grid, tube_mask
 
 
 def test_paper_counts():

@@ -4,13 +4,14 @@ import pytest
 import timm
 import torch
 
-from sigma_ray.config import ConfigError, from_dict
-from sigma_ray.masking import MaskGenerator
-from sigma_ray.model.projection import normalize_tubes, tube_pixels
-from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel, build_model
-from sigma_ray.model.vit import ModelConfig, VideoEncoder, VideoMAE, count_parameters, gather_tokens, \
-    sincos_pos_embed_3d, sinusoid_pos_embed_1d, split_indices
-from sigma_ray.step import metrics_to_floats, normalize_clips, train_step
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict
+from sigma_ray.method.masking import MaskGenerator
+from sigma_ray.method.projection import normalize_tubes, tube_pixels
+from sigma_ray.method.sigma import ObjectiveConfig, SigmaModel, build_model
+from sigma_ray.method.step import metrics_to_floats, normalize_clips, train_step
+from sigma_ray.method.vit import (ModelConfig, VideoEncoder, VideoMAE, count_parameters, gather_tokens,
+                                  sincos_pos_embed_3d, sinusoid_pos_embed_1d, split_indices)
 
 TINY = ModelConfig(size="tiny", num_frames=8, img_size=64)
 
@@ -333,7 +334,7 @@ def test_sigma_and_pixel_models_start_from_the_same_encoder_under_one_seed():
 def test_tube_motion_is_the_normalized_tubes_frame_differences():
     """A static clip has none; a clip whose second frame of every tubelet is the first shifted has exactly the
     standardized difference, in the tube's own units (float64 reference)."""
-    from sigma_ray.model.projection import tube_motion
+    from sigma_ray.method.projection import tube_motion
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (1, 3, 1, 32, 32)).astype(np.float64)

@@ -10,14 +10,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from sigma_ray.masking import MaskConfig, MaskGenerator
-from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel
-from sigma_ray.model.vit import ModelConfig, split_indices
-from sigma_ray.queue import FeatureQueue
-from sigma_ray.losses import SwappedPredictionLoss
-from sigma_ray.sinkhorn import codes_per_clip, sinkhorn
-from sigma_ray.step import normalize_clips, train_step
-from sigma_ray.train.checkpoint import load_checkpoint, save_checkpoint
+from sigma_ray.method.losses import SwappedPredictionLoss
+from sigma_ray.method.masking import MaskConfig, MaskGenerator
+from sigma_ray.method.queue import FeatureQueue
+from sigma_ray.method.sigma import ObjectiveConfig, SigmaModel
+from sigma_ray.method.sinkhorn import codes_per_clip, sinkhorn
+from sigma_ray.method.step import normalize_clips, train_step
+from sigma_ray.method.vit import ModelConfig, split_indices
+from sigma_ray.runs.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ModelConfig(size="tiny", num_frames=4, img_size=32, patch=8)
 

@@ -1,4 +1,4 @@
-"""Each private Ray API the project uses, called through its adapter (sigma_ray/ray_compat.py): a Ray upgrade that
+"""Each private Ray API the project uses, called through its adapter (sigma_ray/infra/ray_compat.py): a Ray upgrade that
 moves or changes one fails here, by name, instead of deep inside a run. pyproject.toml pins Ray below the next
 minor version for the same reason."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sigma_ray import ray_compat
+from sigma_ray.infra import ray_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 

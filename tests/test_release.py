@@ -9,20 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
 from sigma_ray.cli import main
-from sigma_ray.config import ConfigError
 from sigma_ray.eval.finetune import VideoClassifier
-from sigma_ray.eval.run import load_any_encoder
-from sigma_ray.model.export import init_from_model_state, load_encoder, load_model_file, save_encoder
-from sigma_ray.model.release import (ReleaseFormatError, export_release, import_released, read_released,
-                                     read_state_file)
-from sigma_ray.model.sigma import ObjectiveConfig, SigmaModel
-from sigma_ray.model.vit import ModelConfig, VideoEncoder, split_indices
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.method.sigma import ObjectiveConfig, SigmaModel
+from sigma_ray.method.vit import ModelConfig, VideoEncoder, split_indices
+from sigma_ray.runs.encoders import load_any_encoder
+from sigma_ray.runs.export import init_from_model_state, load_encoder, load_model_file, save_encoder
+from sigma_ray.runs.release import ReleaseFormatError, export_release, import_released, read_released, read_state_file
 from sigma_ray.train.config import load_pretrain_config
 
 # sigma-ray's tiny model (192 wide, 6 blocks, 3 heads; decoder 96 wide, 2 blocks) on 4 frames of 32 x 32: 8 tokens
@@ -377,7 +377,7 @@ def test_pretraining_starts_from_an_imported_model(ray_session, tiny_synthetic, 
 
     from test_train_run import tiny_run
 
-    from sigma_ray.model.sigma import build_model
+    from sigma_ray.method.sigma import build_model
     from sigma_ray.train.launch import pretrain
 
     cfg = tiny_run(tiny_synthetic, tmp_path / "runs", "from_import", "train.num_workers=1", "train.max_steps=1",

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from sigma_ray.config import ConfigError, save_yaml
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import save_yaml
+from sigma_ray.runs.rundir import (RunLock, RunLockedError, check_resumable, config_changes, flatten, read_jsonl,
+                                   trim_jsonl)
 from sigma_ray.train.config import load_pretrain_config
-from sigma_ray.train.rundir import (RunLock, RunLockedError, check_resumable, config_changes, flatten, read_jsonl,
-                                    trim_jsonl)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "configs" / "local_tiny.yaml"
@@ -34,7 +35,7 @@ def tiny(synthetic: dict, storage: Path, *overrides: str):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from sigma_ray.train.rundir import RunLock
+    from sigma_ray.runs.rundir import RunLock
     with RunLock(sys.argv[1]):
         print("holding", flush=True)
         time.sleep(600)
@@ -196,7 +197,7 @@ def test_a_refused_resume_checkpoint_stops_the_start_before_ray_and_leaves_the_r
 
     import torch
 
-    from sigma_ray.train.checkpoint import STATE_FILE, save_checkpoint
+    from sigma_ray.runs.checkpoint import STATE_FILE, save_checkpoint
     from sigma_ray.train.launch import resolve_paths
     from test_checkpoint import Evil
 
@@ -247,5 +248,5 @@ def test_ctrl_c_says_where_the_run_stands_and_exits_130(tiny_synthetic, tmp_path
     assert 5 <= step and 4 <= saved <= step and saved % 2 == 0
     with RunLock(tmp_path / "twin", wait_s=0):                               # nobody holds it any more
         pass
-    # the raylet's startup-concurrency warning stays off the console (sigma_ray.ray_session.init_ray)
+    # the raylet's startup-concurrency warning stays off the console (sigma_ray.infra.ray_session.init_ray)
     assert "worker processes have been started" not in "".join(lines) + out + err

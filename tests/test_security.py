@@ -108,7 +108,7 @@ def test_cluster_files_turn_token_auth_on_and_keep_the_dashboard_on_loopback():
 
 
 def test_the_session_ray_dashboard_less_refuses_callers_without_the_token(ray_session):
-    """The Ray the tests share is started like every command's (sigma_ray.ray_session.init_ray)."""
+    """The Ray the tests share is started like every command's (sigma_ray.infra.ray_session.init_ray)."""
     me = psutil.Process()
     outside = audit(me.children(recursive=True), ray_session.get_runtime_context().gcs_address,
                     os.environ["RAY_AUTH_TOKEN"])
@@ -120,7 +120,7 @@ def test_the_token_file_is_readable_by_its_owner_only(ray_session, tmp_path):
     changes only a file this user owns that others may read."""
     import stat
 
-    from sigma_ray.ray_session import restrict_token_file
+    from sigma_ray.infra.ray_session import restrict_token_file
 
     token = Path.home() / ".ray" / "auth_token"
     assert token.is_file() and stat.S_IMODE(token.stat().st_mode) == 0o600

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from sigma_ray.sinkhorn import sinkhorn, usage_perplexity
+from sigma_ray.method.sinkhorn import sinkhorn, usage_perplexity
 
 
 def textbook_sinkhorn(scores: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sigma_ray.config import ConfigError
-from sigma_ray.model.export import load_encoder, save_encoder
-from sigma_ray.model.sigma import ObjectiveConfig, build_model
-from sigma_ray.model.vit import ModelConfig
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.method.sigma import ObjectiveConfig, build_model
+from sigma_ray.method.vit import ModelConfig
+from sigma_ray.runs.export import load_encoder, save_encoder
 from sigma_ray.train.cli import build_parser, config_from_args, main
 from sigma_ray.train.config import TrainConfig, load_pretrain_config
 from sigma_ray.train.optim import build_optimizer, make_schedule, no_weight_decay, param_groups
@@ -34,7 +34,7 @@ def test_paper_defaults():
 def test_shipped_configs_load(path):
     cfg = load_pretrain_config(path)
     assert cfg.data.num_frames == cfg.model.num_frames
-    if path.name not in ("local_tiny.yaml", "demo_tuning.yaml"):     # the two laptop configs
+    if path.name not in ("local_tiny.yaml", "demo.yaml", "demo_sigma_mlp.yaml", "demo_videomae.yaml"):   # laptop
         assert cfg.train.use_gpu and cfg.train.gpus_per_worker == 1 and cfg.train.epochs == 800
         assert cfg.model.num_frames == 16 and cfg.model.img_size == 224 and cfg.data.mask.ratio == 0.9
         assert cfg.data.actor_resources == {"decode_node": 0.01}
@@ -52,7 +52,7 @@ def test_paper_hyperparameters_per_config():
 
 
 @pytest.mark.parametrize("override, match", [
-    ("train.epochz=3", "unknown key epochz in train"),
+    ("train.epochz=3", r"unknown key epochz in train \(did you mean epochs\?\); allowed: accumulate_steps"),
     ("bogus=1", "unknown key bogus"),
     ("train.epochs=ten", "train.epochs must be an integer"),
     ("train.use_gpu=maybe", "train.use_gpu must be true or false"),
@@ -77,6 +77,46 @@ def test_data_and_model_shapes_must_agree():
         load_pretrain_config(TINY, ["data.num_frames=16"])
     with pytest.raises(ConfigError, match="data.input_size = 96 differs from model.img_size = 64"):
         load_pretrain_config(TINY, ["data.input_size=96", "data.decode_short_side=96"])
+
+
+def test_clip_sizes_are_stated_once_in_the_model():
+    """The shipped configs state the clip sizes in ``model`` alone; the data section takes them from there, also
+    when an override changes the model's, and a config that states both with the same values is accepted."""
+    from sigma_ray.infra.config import from_dict, load_yaml
+    from sigma_ray.train.config import PretrainConfig
+
+    assert not {"num_frames", "input_size", "tubelet", "patch"} & set(load_yaml(TINY)["data"])
+    small = load_pretrain_config(TINY, ["model.num_frames=4", "model.img_size=32", "data.decode_short_side=32"])
+    assert (small.data.num_frames, small.data.input_size, small.data.tubelet, small.data.patch) == (4, 32, 2, 16)
+    raw = {"model": {"num_frames": 4, "img_size": 32}, "data": {"num_frames": 4, "decode_short_side": 32}}
+    both = from_dict(PretrainConfig, raw)
+    assert (both.data.num_frames, both.data.input_size) == (4, 32)
+    assert raw == {"model": {"num_frames": 4, "img_size": 32}, "data": {"num_frames": 4, "decode_short_side": 32}}
+    assert from_dict(PretrainConfig, {}).data.num_frames == ModelConfig().num_frames
+
+
+def test_a_config_file_states_only_what_it_changes_over_its_base(tmp_path):
+    """``base: OTHER.yaml`` (relative to the file): mappings merge key by key, other values replace, bases chain,
+    and a missing base or a cycle is an error naming the files."""
+    from sigma_ray.infra.config import load_yaml
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("name: root\nmodel: {size: tiny, num_frames: 8}\ndata: {scales: [1.0, 0.5]}\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\nmodel: {num_frames: 4}\n")
+    (tmp_path / "leaf.yaml").write_text("base: sub/mid.yaml\nname: leaf\ndata: {scales: [1.0]}\n")
+    assert load_yaml(tmp_path / "leaf.yaml") == {"name": "leaf", "model": {"size": "tiny", "num_frames": 4},
+                                                 "data": {"scales": [1.0]}}
+    assert load_yaml(tmp_path / "root.yaml")["data"] == {"scales": [1.0, 0.5]}     # the base is left as it was
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: base a.yaml leads back to itself"):
+        load_yaml(tmp_path / "a.yaml")
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml does not exist \(the base of .*lost.yaml\)"):
+        load_yaml(tmp_path / "lost.yaml")
+    (tmp_path / "odd.yaml").write_text("base: [1]\n")
+    with pytest.raises(ConfigError, match=r"odd.yaml: base must be the path of another config file"):
+        load_yaml(tmp_path / "odd.yaml")
 
 
 def test_cli_overrides_and_booleans(capsys):
@@ -169,7 +209,7 @@ def test_encoder_export_loads_without_ray(tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg, ObjectiveConfig(num_prototypes=16))
     path = save_encoder(model.encoder, cfg, tmp_path / "encoder.pt", {"step": 7})
-    code = (f"import sys, torch; from sigma_ray.model.export import load_encoder; "
+    code = (f"import sys, torch; from sigma_ray.runs.export import load_encoder; "
             f"e = load_encoder({str(path)!r}); assert 'ray' not in sys.modules; "
             f"print(e.config.size, e.export_meta['step'], e.forward_features(torch.zeros(1, 3, 8, 64, 64)).shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -199,9 +239,9 @@ def test_placement_error_before_any_worker_starts(ray_session, tiny_synthetic, t
 
 def test_the_core_imports_no_ray():
     """The method core runs in a notebook, a unit test or on a machine without Ray (README's layer table)."""
-    core = ["sigma_ray.model.sigma", "sigma_ray.model.release", "sigma_ray.masking", "sigma_ray.sinkhorn",
-            "sigma_ray.losses", "sigma_ray.step", "sigma_ray.schedule", "sigma_ray.queue", "sigma_ray.weights",
-            "sigma_ray.train.checkpoint", "sigma_ray.data.synthetic", "sigma_ray.data.leakage",
+    core = ["sigma_ray.method.sigma", "sigma_ray.runs.release", "sigma_ray.method.masking", "sigma_ray.method.sinkhorn",
+            "sigma_ray.method.losses", "sigma_ray.method.step", "sigma_ray.infra.schedule", "sigma_ray.method.queue", "sigma_ray.runs.weights",
+            "sigma_ray.runs.checkpoint", "sigma_ray.data.synthetic", "sigma_ray.data.leakage",
             "sigma_ray.train.local", "sigma_ray.eval.readouts"]
     code = f"import importlib, sys; [importlib.import_module(m) for m in {core!r}]; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

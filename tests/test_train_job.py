@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sigma_ray.train.checkpoint import list_checkpoints
-from sigma_ray.train.rundir import read_jsonl
+from sigma_ray.runs.checkpoint import list_checkpoints
+from sigma_ray.runs.rundir import read_jsonl
 
 from auth_proxy import AuthProxy
 from test_cluster import free_port

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from sigma_ray.train.checkpoint import STATE_FILE, list_checkpoints, read_info
+from sigma_ray.runs.checkpoint import STATE_FILE, list_checkpoints, read_info
 from sigma_ray.train.config import load_pretrain_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def soft_codes(model, clips: torch.Tensor, mask: torch.Tensor) -> tuple[dict, di
 
 
 def seeded_model(cfg: dict):
-    from sigma_ray.model.sigma import build_model
+    from sigma_ray.method.sigma import build_model
 
     torch.manual_seed(0)
     return build_model(cfg["model"], cfg["objective"])
@@ -79,9 +79,9 @@ def test_two_workers_get_the_codes_of_one_process_on_the_whole_batch(ray_session
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from sigma_ray.masking import MaskConfig, MaskGenerator
-    from sigma_ray.model.sigma import ObjectiveConfig
-    from sigma_ray.model.vit import ModelConfig
+    from sigma_ray.method.masking import MaskConfig, MaskGenerator
+    from sigma_ray.method.sigma import ObjectiveConfig
+    from sigma_ray.method.vit import ModelConfig
 
     mc = ModelConfig(size="tiny", num_frames=8, img_size=64)
     oc = ObjectiveConfig(num_prototypes=16)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from sigma_ray.config import ConfigError, from_dict, load_config
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict, load_config
 from sigma_ray.tune.cli import main
 from sigma_ray.tune.config import SearchSpace, SweepConfig, apply_params, trial_pretrain_config
 
@@ -106,13 +107,19 @@ def test_shipped_sweep_configs_load():
 
 @pytest.mark.parametrize("round_", ["", "_r2", "_r3"])
 def test_the_demo_sweeps_of_a_round_give_both_methods_the_same_budget(round_):
-    """The demo's settings come from a SIGMA-MLP and a VideoMAE sweep per round: the same base run, trials, steps,
-    schedule, probe, seed and lr range; they differ only in the objective and in what else each one searches."""
+    """The demo's settings come from a SIGMA-MLP and a VideoMAE sweep per round: the same base run (the demo's
+    experiments, which differ in the objective, lr and mask ratio alone), trials, steps, schedule, probe, seed and lr
+    range; they differ only in the objective and in what else each one searches."""
+    import dataclasses
+
     sigma = load_config(SweepConfig, CONFIGS / f"sweep_demo_sigma{round_}.yaml")
     pixels = load_config(SweepConfig, CONFIGS / f"sweep_demo_pixels{round_}.yaml")
-    for field in ("pretrain_config", "num_samples", "max_concurrent", "trial", "asha", "resources", "probe", "seed"):
+    for field in ("pretrain", "num_samples", "max_concurrent", "trial", "asha", "resources", "probe", "seed"):
         assert getattr(sigma, field) == getattr(pixels, field), field
     assert sigma.search.lr == pixels.search.lr
+    s, p = sigma.base_pretrain(), pixels.base_pretrain()
+    assert dataclasses.replace(p, objective=s.objective, data=dataclasses.replace(p.data, mask=s.data.mask),
+                               train=dataclasses.replace(p.train, base_lr=s.train.base_lr, min_lr=s.train.min_lr)) == s
     assert sigma.base_pretrain().objective.kind == "sigma_mlp" and pixels.base_pretrain().objective.kind == "videomae"
     assert set(pixels.search.ranges()) == {"lr", "mask_ratio"}
 
@@ -166,7 +173,7 @@ def test_with_no_arguments_the_script_runs_the_local_sweep(capsys, monkeypatch):
 
 
 def test_the_dashboard_finds_the_study_of_a_sweep_directory_or_says_it_holds_none(tmp_path, capsys):
-    from sigma_ray.config import save_yaml
+    from sigma_ray.infra.config import save_yaml
     from sigma_ray.tune.dashboard import main as dashboard_main, sweep_study
     from sigma_ray.tune.sweep import SWEEP_FILE
 
@@ -185,7 +192,7 @@ def test_the_dashboard_finds_the_study_of_a_sweep_directory_or_says_it_holds_non
 def test_resuming_a_sweep_directory_with_another_search_fails_before_ray(tmp_path):
     import ray
 
-    from sigma_ray.config import save_yaml
+    from sigma_ray.infra.config import save_yaml
     from sigma_ray.tune.sweep import SWEEP_FILE, run_sweep
 
     started = sweep(storage_path=str(tmp_path), num_samples=4)

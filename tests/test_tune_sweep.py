@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sigma_ray.config import from_dict
+from sigma_ray.infra.config import from_dict
 from sigma_ray.tune.config import COLLAPSE_METRICS, RUN_DIR_ATTR, TUNE_ID_ATTR, SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]

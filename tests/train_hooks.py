@@ -28,7 +28,7 @@ class FailAtStep:
         return self._fail(batches, ctx, marker)
 
     def _fail(self, batches, ctx: dict, marker: Path):
-        from sigma_ray.ray_compat import registered_checkpoints
+        from sigma_ray.infra.ray_compat import registered_checkpoints
 
         fail_at = (self.step - 1 - ctx["start_step"]) * ctx["accumulate_steps"]
         for i, batch in enumerate(batches):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from sigma_ray.config import ConfigError
+from sigma_ray.infra.checks import ConfigError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 UNLABELED = -1

@@ -10,12 +10,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sigma_ray.data import sampling, transforms
 from sigma_ray.data.annotations import VideoRecord, clip_rate
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoReader
 from sigma_ray.data.frame_cache import whole_video
-from sigma_ray.data import sampling, transforms
-from sigma_ray.masking import MaskGenerator
+from sigma_ray.method.masking import MaskGenerator
 
 
 class Row(NamedTuple):

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sigma_ray.config import ConfigError, check_choice, check_range
-from sigma_ray.masking import MaskConfig, num_masked, token_grid
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
+from sigma_ray.method.masking import MaskConfig, num_masked, token_grid
 
 Split = Literal["train", "val", "test"]
 SPLITS = ("train", "val", "test")
+# (DataConfig field, ModelConfig field) pairs that hold one fact: the clips the data layer makes are those the
+# model embeds
+SHARED_SIZES = (("num_frames", "num_frames"), ("input_size", "img_size"), ("tubelet", "tubelet"), ("patch", "patch"))
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ from sigma_ray.data.stats_actor import SkipStatsActor
 
 
 def ensure_ray() -> None:
-    """Connect to the running Ray (``RAY_ADDRESS``), or start a local one (:func:`sigma_ray.ray_session.init_ray`)."""
-    from sigma_ray.ray_session import init_ray
+    """Connect to the running Ray (``RAY_ADDRESS``), or start a local one (:func:`sigma_ray.infra.ray_session.init_ray`)."""
+    from sigma_ray.infra.ray_session import init_ray
 
     init_ray()
 

@@ -46,9 +46,10 @@ from typing import Any, Callable, Literal
 import av
 from tqdm.auto import tqdm
 
-from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.data.annotations import PREPARED_FILE, UNLABELED, VIDEO_EXTENSIONS, load_list
 from sigma_ray.data.decode import VideoDecodeError, VideoReader, resized_size
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
+from sigma_ray.runs.files import write_atomic, write_text_atomic
 
 SPLIT_DIRS = ("train", "val", "test")
 MANIFEST = "manifest.parquet"
@@ -486,12 +487,6 @@ MANIFEST_COLUMNS = ("split", "src", "path", "label", "status", "reason", "num_fr
                     "duration", "src_num_frames", "src_width", "src_height", "src_bytes", "bytes", "seconds")
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    tmp = str(path) + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_outputs(out: Path, items: list[Item], results: dict[str, dict[str, Any]], classes: list[str] | None,
                    config: PrepareConfig) -> dict[str, str]:
     """The annotation files (ok videos only) and the manifest (every listed video), both in list order."""
@@ -515,17 +510,17 @@ def _write_outputs(out: Path, items: list[Item], results: dict[str, dict[str, An
              "src_height": pa.int64(), "src_bytes": pa.int64(), "bytes": pa.int64(), "seconds": pa.float64()}
     table = pa.table({c: pa.array(rows[c], type=types.get(c, pa.string())) for c in MANIFEST_COLUMNS})
     table = table.replace_schema_metadata({"encoding": json.dumps(config.encoding(), sort_keys=True)})
-    _write_atomic(out / MANIFEST, lambda p: pq.write_table(table, p))
+    write_atomic(out / MANIFEST, lambda p: pq.write_table(table, str(p)))
     lists = {}
     for split, lines in by_split.items():
         path = out / f"{split}.csv"
-        _write_atomic(path, lambda p, lines=lines: Path(p).write_text("".join(x + "\n" for x in lines)))
+        write_text_atomic(path, "".join(x + "\n" for x in lines))
         lists[split] = str(path)
     if classes is not None:
-        _write_atomic(out / "classes.txt", lambda p: Path(p).write_text("".join(c + "\n" for c in classes)))
+        write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in classes))
     # read by the data layer (annotations.clip_rate): the sampling rate then counts the copy's frames
     meta = {"frame_stride": config.frame_stride, "encoding": config.encoding()}
-    _write_atomic(out / PREPARED_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=1, sort_keys=True)))
+    write_text_atomic(out / PREPARED_FILE, json.dumps(meta, indent=1, sort_keys=True))
     return lists
 
 

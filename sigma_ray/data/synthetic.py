@@ -55,8 +55,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.data.annotations import MULTILABEL_SUFFIX, NO_LABELS
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
 
 CLASSES = ("left", "right", "up", "down", "clockwise", "counterclockwise", "approach", "recede",
            "fast_left", "fast_right")

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from sigma_ray.config import load_config, run_config_command
+from sigma_ray.infra.config import load_config, run_config_command
 
 
 def build_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None, prog: str = "evaluate") -> int:
 
 
 def suite_main(args: argparse.Namespace) -> int:
-    from sigma_ray.config import ConfigError
     from sigma_ray.eval.suite import run_suite
+    from sigma_ray.infra.checks import ConfigError
 
     try:
         result = run_suite(args.suite, args.sets, args.out or "runs/suite", own_sets=not args.only_sets,

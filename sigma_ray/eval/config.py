@@ -2,7 +2,7 @@
 
 Defaults are SIGMA.md's evaluation protocols (kNN k = 20 and 200 at T = 0.07; VideoMAE/SIGMA fine-tuning:
 layer decay 0.75, drop path 0.1, mixup 0.8, cutmix 1.0, label smoothing 0.1, RandAugment m7-n4, random erasing
-0.25, 5 warm-up epochs). Built from YAML with :func:`sigma_ray.config.load_config`; a bad value fails at load
+0.25, 5 warm-up epochs). Built from YAML with :func:`sigma_ray.infra.config.load_config`; a bad value fails at load
 time with the field's name and allowed range.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sigma_ray.config import ConfigError, check_choice, check_range
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.synthetic import SyntheticConfig
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
 
 PROTOCOLS = ("knn", "linear", "finetune")
 PRECISIONS = ("auto", "fp32", "bf16")

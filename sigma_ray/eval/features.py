@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sigma_ray.data.config import DataConfig
-from sigma_ray.step import autocast_context, normalize_clips
+from sigma_ray.method.step import autocast_context, normalize_clips
 
 
 @dataclass

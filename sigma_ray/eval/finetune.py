@@ -28,9 +28,9 @@ from sigma_ray.data.config import DataConfig
 from sigma_ray.eval.config import FinetuneConfig
 from sigma_ray.eval.features import average_by_video, eval_batches, eval_mode
 from sigma_ray.eval.metrics import log, topk_accuracy
-from sigma_ray.model.vit import VideoEncoder
-from sigma_ray.schedule import scaled_lr, warmup_cosine
-from sigma_ray.step import amp_dtype_for, autocast_context, normalize_clips, seed_everything
+from sigma_ray.infra.schedule import scaled_lr, warmup_cosine
+from sigma_ray.method.step import amp_dtype_for, autocast_context, normalize_clips, seed_everything
+from sigma_ray.method.vit import VideoEncoder
 
 FILL = (124, 116, 104)   # ImageNet mean in uint8: what geometric RandAugment ops fill uncovered pixels with
 

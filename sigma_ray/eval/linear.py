@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sigma_ray.config import check_choice, check_range
 from sigma_ray.eval.features import Features
 from sigma_ray.eval.metrics import single_thread, topk_accuracy
-from sigma_ray.schedule import cosine
+from sigma_ray.infra.checks import check_choice, check_range
+from sigma_ray.infra.schedule import cosine
 
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sigma_ray.config import check_choice, check_range
 from sigma_ray.eval.features import Features
 from sigma_ray.eval.linear import DEFAULT_LR, fit_head, make_head
 from sigma_ray.eval.metrics import single_thread
+from sigma_ray.infra.checks import check_choice, check_range
 
 ArrayLike = np.ndarray | torch.Tensor
 

@@ -27,7 +27,7 @@ from sigma_ray.eval.features import Features, average_by_video, eval_mode
 from sigma_ray.eval.knn import knn_eval
 from sigma_ray.eval.linear import fit_head, linear_probe
 from sigma_ray.eval.metrics import effective_rank, single_thread, topk_accuracy
-from sigma_ray.step import autocast_context, normalize_clips
+from sigma_ray.method.step import autocast_context, normalize_clips
 
 FACTORS_FILE = "factors.json"
 

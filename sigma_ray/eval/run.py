@@ -3,9 +3,9 @@
 Outputs in ``config.out_dir``: ``results.json`` (the returned dict: metrics in percent, sizes, timings, where the
 encoder came from) and ``confusion_<protocol>.png`` per protocol.
 
-The encoder may be an ``encoder.pt`` export (:mod:`sigma_ray.model.export`), a run directory holding one (or,
+The encoder may be an ``encoder.pt`` export (:mod:`sigma_ray.runs.export`), a run directory holding one (or,
 without it, checkpoints), or a training checkpoint directory. A checkpoint is read (verified, weights-only)
-through :mod:`sigma_ray.train.checkpoint`, which imports no Ray: its model state holds the encoder under
+through :mod:`sigma_ray.runs.checkpoint`, which imports no Ray: its model state holds the encoder under
 ``video.encoder.``, and the encoder's ModelConfig is the ``model`` section of ``config.yaml`` in the run
 directory above the checkpoint.
 """
@@ -19,74 +19,21 @@ from typing import Any, Sequence
 
 import torch
 
-from sigma_ray.config import ConfigError, from_dict, load_yaml
-from sigma_ray.data.config import DataConfig
+from sigma_ray.data.config import SHARED_SIZES, DataConfig
 from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.eval.config import EvalConfig
 from sigma_ray.eval.features import features_for_split
 from sigma_ray.eval.knn import knn_eval
 from sigma_ray.eval.linear import linear_probe
 from sigma_ray.eval.metrics import log
-from sigma_ray.model.export import encoder_from_model_state, load_encoder
-from sigma_ray.model.vit import ModelConfig, VideoEncoder
-from sigma_ray.step import amp_dtype_for
-from sigma_ray.train.checkpoint import (CHECKPOINT_PREFIX, STATE_FILE, CheckpointError, load_model_state,
-                                        newest_valid)
-
-ENCODER_FILE = "encoder.pt"
-RUN_CONFIG_FILE = "config.yaml"
-
-
-def load_checkpoint_encoder(checkpoint_dir: str | Path) -> VideoEncoder:
-    """The encoder of a training checkpoint directory (its model state + ``../config.yaml``), in eval mode."""
-    checkpoint_dir = Path(checkpoint_dir)
-    run_config = checkpoint_dir.parent / RUN_CONFIG_FILE
-    if not run_config.is_file():
-        raise FileNotFoundError(f"{checkpoint_dir} is a checkpoint, but its run directory has no {RUN_CONFIG_FILE} "
-                                f"(needed for the model shape): expected {run_config}")
-    model_config = from_dict(ModelConfig, load_yaml(run_config).get("model", {}), prefix="model")
-    state, info = load_model_state(checkpoint_dir)
-    try:
-        encoder = encoder_from_model_state(state, model_config)
-    except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{checkpoint_dir / STATE_FILE}: {str(e).splitlines()[0]}") from None
-    encoder.export_meta = {"step": info.step, "checkpoint": str(checkpoint_dir)}
-    return encoder
-
-
-def resolve_encoder(path: str | Path) -> tuple[str, Path]:
-    """What ``path`` names: ``("export", file)`` or ``("checkpoint", directory)``.
-
-    A run directory resolves to its ``encoder.pt`` when there is one, else to its newest valid checkpoint
-    (damaged ones are skipped, and a line says which and why).
-    """
-    path = Path(path)
-    if path.is_file():
-        return "export", path
-    if not path.is_dir():
-        raise FileNotFoundError(f"encoder {path} does not exist")
-    if (path / STATE_FILE).is_file():
-        return "checkpoint", path
-    if (path / ENCODER_FILE).is_file():
-        return "export", path / ENCODER_FILE
-    newest = newest_valid(path, on_skip=lambda p, why: log(f"skipping {p.name}: {why}"))
-    if newest is not None:
-        return "checkpoint", newest.path
-    raise FileNotFoundError(f"{path} holds neither {ENCODER_FILE}, {STATE_FILE} nor a valid "
-                            f"{CHECKPOINT_PREFIX}*/ checkpoint")
-
-
-def load_any_encoder(path: str | Path) -> tuple[VideoEncoder, Path]:
-    """Load the encoder ``path`` names (see :func:`resolve_encoder`); returns it (eval mode, CPU) and the file or
-    checkpoint directory it came from."""
-    kind, where = resolve_encoder(path)
-    return (load_encoder(where) if kind == "export" else load_checkpoint_encoder(where)), where
-
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.method.step import amp_dtype_for
+from sigma_ray.method.vit import ModelConfig
+from sigma_ray.runs.encoders import load_any_encoder
 
 def check_shapes(model: ModelConfig, data: DataConfig) -> None:
     """The clips must be what the encoder was trained on (a mismatch is an error, never silently fixed)."""
-    for data_field, model_field in (("num_frames", "num_frames"), ("input_size", "img_size"),
-                                    ("tubelet", "tubelet"), ("patch", "patch")):
+    for data_field, model_field in SHARED_SIZES:
         if getattr(data, data_field) != getattr(model, model_field):
             raise ConfigError(f"data.{data_field} = {getattr(data, data_field)} but the encoder was trained with "
                               f"{model_field} = {getattr(model, model_field)}")
@@ -245,7 +192,7 @@ def evaluate_as_ray_task(config: EvalConfig, num_gpus: float = 1.0, num_cpus: fl
     the node the task lands on (shared storage)."""
     import ray
 
-    from sigma_ray.ray_session import init_ray
+    from sigma_ray.infra.ray_session import init_ray
 
     init_ray(log_to_driver=True)   # the task's progress lines are its output
     task = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(evaluate)

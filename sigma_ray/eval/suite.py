@@ -38,7 +38,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from sigma_ray.config import ConfigError, from_dict, load_yaml
 from sigma_ray.data.config import DataConfig
 from sigma_ray.eval.config import FinetuneConfig
 from sigma_ray.eval.features import Features, eval_batches
@@ -49,11 +48,13 @@ from sigma_ray.eval.multilabel import multilabel_probe
 from sigma_ray.eval.readouts import attentive_probe, extract_tokens, factor_features, read_factors
 from sigma_ray.eval.temporal import arrow_of_time, count_regression, reversed_batches
 from sigma_ray.eval.vos import MaskedClips, vos_scores
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict, load_yaml
+from sigma_ray.runs.files import CONFIG_FILE
 
 SHOTS = (4, 16)
 METHOD_NAMES = {"sigma_mlp": "SIGMA-MLP", "sigma_dino": "SIGMA-DINO", "videomae": "VideoMAE", "random": "random init",
                 "supervised": "supervised (labels)", "pixels": "raw pixels"}
-RUN_CONFIG = "config.yaml"
 SELF_SUPERVISED = ("sigma_mlp", "sigma_dino", "videomae")   # the methods whose runs start from random weights
 
 
@@ -118,8 +119,8 @@ def read_set(spec: str | Path) -> SuiteSet:
 
 
 def _read_set(root: Path) -> SuiteSet:
-    from sigma_ray.data.synthetic import MASKS_DIR, TASK_FILE
     from sigma_ray.data.annotations import COUNTS_SUFFIX, MULTILABEL_SUFFIX
+    from sigma_ray.data.synthetic import MASKS_DIR, TASK_FILE
 
     name = root.name
     if (root / "ImageSets" / "2017").is_dir() and (root / "JPEGImages").is_dir():
@@ -167,12 +168,12 @@ def run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     directories, or an encoder export file (``encoder.pt``)."""
     out = []
     for path in map(Path, paths):
-        if (path / RUN_CONFIG).is_file() or path.is_file():
+        if (path / CONFIG_FILE).is_file() or path.is_file():
             out.append(path)
         elif path.is_dir():
-            found = sorted(p.parent for p in path.glob(f"*/{RUN_CONFIG}"))
+            found = sorted(p.parent for p in path.glob(f"*/{CONFIG_FILE}"))
             if not found:
-                raise FileNotFoundError(f"{path} holds no run directory (no */{RUN_CONFIG})")
+                raise FileNotFoundError(f"{path} holds no run directory (no */{CONFIG_FILE})")
             out += found
         else:
             raise FileNotFoundError(f"{path} is neither a run directory, a directory of run directories nor an "
@@ -187,7 +188,7 @@ def describe_run(path: Path) -> tuple[Entry, dict]:
     encoder's frames, size, tubelet and patch; the sampling rate is the data config's default unless the suite
     is given one)."""
     if path.is_file():
-        from sigma_ray.model.export import load_encoder
+        from sigma_ray.runs.export import load_encoder
 
         encoder = load_encoder(path)
         meta = encoder.export_meta
@@ -197,7 +198,7 @@ def describe_run(path: Path) -> tuple[Entry, dict]:
                 "decode_short_side": c.img_size}
         return (Entry(method, int(meta.get("seed", 0)), None, str(path)),
                 {"model": dataclasses.asdict(c), "data": data})
-    config = load_yaml(path / RUN_CONFIG)
+    config = load_yaml(path / CONFIG_FILE)
     method = str(config.get("objective", {}).get("kind", "sigma_mlp"))
     match = re.match(r"(supervised)_seed\d+$", path.name)
     method = match.group(1) if match else method
@@ -208,15 +209,16 @@ def describe_run(path: Path) -> tuple[Entry, dict]:
 def load_entry_encoder(entry: Entry, config: dict) -> torch.nn.Module:
     """The encoder of ``entry``: its run's export or newest valid checkpoint; for ``random``, the initial weights
     the run of that seed started from (the trainer seeds torch with the run's seed before building the model)."""
-    from sigma_ray.eval.run import load_any_encoder
-    from sigma_ray.model.sigma import build_model
-    from sigma_ray.train.config import PretrainConfig
+    from sigma_ray.method.sigma import ObjectiveConfig, build_model
+    from sigma_ray.method.vit import ModelConfig
+    from sigma_ray.runs.encoders import load_any_encoder
 
     if entry.method == "random":
-        pretrain = from_dict(PretrainConfig, config)
+        model = from_dict(ModelConfig, config.get("model"), prefix="model")
+        objective = from_dict(ObjectiveConfig, config.get("objective"), prefix="objective")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(entry.seed)
-            return build_model(pretrain.model, pretrain.objective).encoder.eval()
+            return build_model(model, objective).encoder.eval()
     return load_any_encoder(entry.run_dir)[0]
 
 

@@ -23,8 +23,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from sigma_ray.eval.features import eval_mode
-from sigma_ray.model.projection import tube_pixels
-from sigma_ray.step import normalize_clips
+from sigma_ray.method.projection import tube_pixels
+from sigma_ray.method.step import normalize_clips
 
 OVERCLUSTER_K = 10
 

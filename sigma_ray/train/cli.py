@@ -16,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from sigma_ray.config import run_config_command
+from sigma_ray.infra.config import run_config_command
 
 
 def build_parser(prog: str = "pretrain") -> argparse.ArgumentParser:
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None, prog: str = "pretrain") -> int:
     from ray.train import TrainingFailedError
 
     from sigma_ray.data.stats import SkipBoundError
-    from sigma_ray.train.checkpoint import CheckpointError
+    from sigma_ray.runs.checkpoint import CheckpointError
+    from sigma_ray.runs.rundir import RunLockedError
     from sigma_ray.train.launch import NonFiniteLossError
-    from sigma_ray.train.rundir import RunLockedError
 
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

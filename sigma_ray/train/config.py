@@ -7,15 +7,17 @@ the model, objective, data and train sections with the run's name and storage pa
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, load_yaml, merge_overrides
-from sigma_ray.data.config import DataConfig
+from sigma_ray.data.config import SHARED_SIZES, DataConfig
 from sigma_ray.data.synthetic import SyntheticConfig
-from sigma_ray.model.sigma import ObjectiveConfig
-from sigma_ray.model.vit import ModelConfig
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
+from sigma_ray.infra.config import from_dict, load_yaml, merge_overrides
+from sigma_ray.method.sigma import ObjectiveConfig
+from sigma_ray.method.vit import ModelConfig
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -123,8 +125,10 @@ class PretrainConfig:
     write the synthetic data set into ``data.root`` when ``data.train_list`` does not exist yet (local configs).
 
     The data section must make the clips the model embeds: ``data.num_frames``, ``data.input_size``,
-    ``data.tubelet`` and ``data.patch`` must equal ``model.num_frames``, ``model.img_size``,
-    ``model.tubelet`` and ``model.patch`` (a mismatch is an error, never silently fixed).
+    ``data.tubelet`` and ``data.patch`` are ``model.num_frames``, ``model.img_size``, ``model.tubelet`` and
+    ``model.patch``. A config states them in ``model`` alone and the data section takes them from there
+    (:meth:`fill_derived`); one that states them in both must state the same values (a mismatch is an error,
+    never silently fixed).
     """
 
     name: str = "sigma"
@@ -135,14 +139,28 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    @staticmethod
+    def fill_derived(raw: dict[str, Any]) -> dict[str, Any]:
+        """``raw`` (a PretrainConfig mapping) with each clip size its data section omits taken from its model
+        section (or the model's default); ``raw`` itself is left as it was."""
+        data = raw.get("data")
+        if data is not None and not isinstance(data, dict):
+            return raw                    # a DataConfig already built states every size
+        model = raw.get("model") or {}
+        model = dataclasses.asdict(model) if isinstance(model, ModelConfig) else model
+        defaults = ModelConfig()
+        data = dict(data or {})
+        for d, m in SHARED_SIZES:
+            if d not in data:
+                data[d] = model.get(m, getattr(defaults, m))
+        return {**raw, "data": data}
+
     def validate(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"name = {self.name!r} must be a non-empty directory name without '/'")
         if not self.storage_path:
             raise ConfigError("storage_path must not be empty")
-        pairs = (("num_frames", "num_frames"), ("input_size", "img_size"), ("tubelet", "tubelet"),
-                 ("patch", "patch"))
-        for d, m in pairs:
+        for d, m in SHARED_SIZES:
             if getattr(self.data, d) != getattr(self.model, m):
                 raise ConfigError(f"data.{d} = {getattr(self.data, d)} differs from model.{m} = "
                                   f"{getattr(self.model, m)}: the data must make the clips the model embeds")

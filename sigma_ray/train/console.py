@@ -1,6 +1,6 @@
 """The project's console lines from Ray workers, printed by the driver.
 
-Ray's own worker output stays in its log files (:mod:`sigma_ray.ray_session`), so rank 0's progress lines travel
+Ray's own worker output stays in its log files (:mod:`sigma_ray.infra.ray_session`), so rank 0's progress lines travel
 another way: ``line(console, text)`` puts them into a small :class:`ConsoleActor`, and the driver's
 :class:`ConsoleRelay` thread prints them to its stdout (under ``ray job submit`` that is the job's log) as they
 arrive and once more when the run ends, so none is lost.

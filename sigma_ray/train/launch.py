@@ -1,9 +1,9 @@
 """Launch a pretraining run: ``pretrain(PretrainConfig) -> PretrainResult``.
 
 Before Ray starts: the config and the annotation lists are checked (ConfigError), the run directory is made and
-written to (an unwritable storage path is a ConfigError), taken (:mod:`~sigma_ray.train.rundir`: one owner at a
+written to (an unwritable storage path is a ConfigError), taken (:mod:`~sigma_ray.runs.rundir`: one owner at a
 time) and inspected without changing it (the checkpoint to resume from verified and loaded weights-only, the config
-compared with the saved one). Then Ray is started or joined (:mod:`sigma_ray.ray_session`; inside ``ray job
+compared with the saved one). Then Ray is started or joined (:mod:`sigma_ray.infra.ray_session`; inside ``ray job
 submit`` it is the job's cluster), a fixed-size cluster is checked for room for the training workers and the
 decode actors, and the run directory is opened (damaged checkpoints set aside, config.yaml written). Then the
 training stream (:mod:`sigma_ray.train.dataset`) feeds ``TorchTrainer`` (Ray Train V2), rank 0's console lines are
@@ -32,18 +32,19 @@ from typing import Any
 
 import ray
 
-from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict, yaml_problem
 from sigma_ray.data.stats import SkipBoundError
 from sigma_ray.data.synthetic import ensure_synthetic
-from sigma_ray.ray_compat import autoscaling_enabled
-from sigma_ray.ray_session import init_ray
-from sigma_ray.train.checkpoint import load_model_state, read_info, resume_point, set_aside
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import save_yaml, to_dict, yaml_problem
+from sigma_ray.infra.ray_compat import autoscaling_enabled
+from sigma_ray.infra.ray_session import init_ray
+from sigma_ray.runs.checkpoint import load_model_state, read_info, resume_point, set_aside
+from sigma_ray.runs.files import (CONFIG_FILE, DATA_ERROR_FILE, ENCODER_FILE, METRICS_FILE, NONFINITE_FILE,
+                                  SKIPPED_FILE, copy_to, is_uri, read_text)
+from sigma_ray.runs.rundir import RunLock, check_resumable, check_writable, config_changes, read_jsonl, record_changes
 from sigma_ray.train.config import PretrainConfig, run_length
-from sigma_ray.train.rundir import (CONFIG_FILE, RunLock, check_resumable, check_writable, config_changes,
-                                   read_jsonl, record_changes)
 
 log = logging.getLogger("sigma_ray.train")
-ENCODER_FILE = "encoder.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -122,26 +123,11 @@ def run_dir_of(config: PretrainConfig) -> str:
     return f"{config.storage_path.rstrip('/')}/{config.name}"
 
 
-def _write_file(local: Path, dest: str) -> None:
-    """Copy a local file to ``dest`` (a local path or a pyarrow-supported URI)."""
-    if not is_uri(dest):
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        if Path(dest).resolve() != local.resolve():
-            Path(dest).write_bytes(local.read_bytes())
-        return
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(dest)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(local.read_bytes())
-
-
 def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
     """Write the encoder of a training checkpoint (``ray.train.Checkpoint`` or a directory) to ``dest``."""
     import tempfile
 
-    from sigma_ray.model.export import encoder_from_model_state, save_encoder
+    from sigma_ray.runs.export import encoder_from_model_state, save_encoder
 
     def export_from(directory: str) -> str:
         state, info = load_model_state(directory)
@@ -149,26 +135,13 @@ def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
         meta = {"step": info.step, "run": config.name, "objective": config.objective.kind}
         with tempfile.TemporaryDirectory() as tmp:
             local = save_encoder(encoder, config.model, Path(tmp) / ENCODER_FILE, meta)
-            _write_file(local, dest)
+            copy_to(local, dest)
         return dest
 
     if hasattr(checkpoint, "as_directory"):
         with checkpoint.as_directory() as d:
             return export_from(d)
     return export_from(str(checkpoint))
-
-
-def _read_text(dest: str) -> str | None:
-    """A small file's text at a local path or a pyarrow-supported URI; None when it does not exist."""
-    if not is_uri(dest):
-        return Path(dest).read_text() if Path(dest).is_file() else None
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(dest)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
 
 
 @dataclass(frozen=True)
@@ -196,7 +169,7 @@ def inspect_run_dir(config: PretrainConfig, run_dir: str) -> RunDirState:
 
     valid, damaged = ([], []) if is_uri(run_dir) else resume_point(run_dir)
     changes = {}
-    saved = _read_text(f"{run_dir}/{CONFIG_FILE}")
+    saved = read_text(f"{run_dir}/{CONFIG_FILE}")
     if saved is not None:
         try:
             saved_tree = yaml.safe_load(saved) or {}
@@ -213,7 +186,7 @@ def open_run_dir(config: PretrainConfig, run_dir: str, state: RunDirState) -> No
     """Make ``run_dir`` ready for the start :func:`inspect_run_dir` checked: set damaged checkpoints aside (saying
     which and why) and make Ray Train's snapshot list exactly the valid ones, so the run resumes from the newest
     valid checkpoint; record config changes in ``config_changes.jsonl``; write ``config.yaml``."""
-    from sigma_ray.ray_compat import register_checkpoints
+    from sigma_ray.infra.ray_compat import register_checkpoints
 
     if not is_uri(run_dir):
         set_aside(state.damaged)
@@ -228,14 +201,13 @@ def open_run_dir(config: PretrainConfig, run_dir: str, state: RunDirState) -> No
 
         with tempfile.TemporaryDirectory() as tmp:
             save_yaml(config, Path(tmp) / CONFIG_FILE)
-            _write_file(Path(tmp) / CONFIG_FILE, f"{run_dir}/{CONFIG_FILE}")
+            copy_to(Path(tmp) / CONFIG_FILE, f"{run_dir}/{CONFIG_FILE}")
     else:
         save_yaml(config, Path(run_dir) / CONFIG_FILE)
 
 
 def _skip_summary(run_dir: str, limit: int = 5) -> list[str]:
     """The driver's closing lines about unreadable videos, from ``skipped.jsonl``."""
-    from sigma_ray.train.loop import SKIPPED_FILE
 
     rows = {}
     for r in read_jsonl(Path(run_dir) / SKIPPED_FILE):
@@ -251,8 +223,7 @@ def _skip_summary(run_dir: str, limit: int = 5) -> list[str]:
 
 def interrupted_message(run_dir: str, total: int) -> str:
     """Where an interrupted run stands: its last logged step and its newest valid checkpoint."""
-    from sigma_ray.train.checkpoint import newest_valid
-    from sigma_ray.train.loop import METRICS_FILE
+    from sigma_ray.runs.checkpoint import newest_valid
 
     if is_uri(run_dir):
         return f"interrupted; its checkpoints are in {run_dir}; start the same command again to resume"
@@ -275,7 +246,7 @@ def _fit(config: PretrainConfig, run_dir: str, records: list, spe: int, total: i
     from sigma_ray.train.console import ConsoleRelay
     from sigma_ray.train.cursor import DataCursor
     from sigma_ray.train.dataset import in_order, training_stream
-    from sigma_ray.train.loop import DATA_ERROR_FILE, NONFINITE_FILE, train_loop_per_worker
+    from sigma_ray.train.loop import train_loop_per_worker
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the trainer prints its own progress
     # Ray Train records the run (its name, status, attempts, workers and their log files) for the dashboard's
@@ -320,7 +291,6 @@ def _fit(config: PretrainConfig, run_dir: str, records: list, spe: int, total: i
 
 def _finish(config: PretrainConfig, run_dir: str, result, total: int) -> PretrainResult:
     """The driver's side of a finished fit: the stop conditions as errors, the encoder exported."""
-    from sigma_ray.train.loop import DATA_ERROR_FILE, NONFINITE_FILE
 
     checkpoint = result.checkpoint
     steps = 0
@@ -328,7 +298,7 @@ def _finish(config: PretrainConfig, run_dir: str, result, total: int) -> Pretrai
         with checkpoint.as_directory() as d:
             steps = read_info(d, verify=False).step
     where = checkpoint.path if checkpoint is not None else "none (no checkpoint was saved before it)"
-    stopped = {n: _read_text(f"{run_dir}/{n}") for n in (NONFINITE_FILE, DATA_ERROR_FILE)}
+    stopped = {n: read_text(f"{run_dir}/{n}") for n in (NONFINITE_FILE, DATA_ERROR_FILE)}
     if steps < total and all(v is None for v in stopped.values()):
         # a run stops short of its last step only for the two reasons above, or when Ctrl-C aborted it (Ray
         # Train's SIGINT handler may end the fit without an error)
@@ -372,7 +342,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
         raise ConfigError(f"objective.teacher_checkpoint = {teacher!r} is not a file: point it at the local "
                           "weights of the frozen image teacher (e.g. DINO ViT-B/16)")
     if config.train.init_from:  # a file written for another model fails here, not on every worker
-        from sigma_ray.model.export import load_model_file
+        from sigma_ray.runs.export import load_model_file
 
         load_model_file(config.train.init_from, config.model, config.objective)
     ensure_synthetic(config.synthetic, config.data)

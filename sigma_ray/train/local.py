@@ -18,8 +18,8 @@ from sigma_ray.data.annotations import VideoRecord, load_split
 from sigma_ray.data.clips import Sample
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.iterator import ClipIterator, collate
-from sigma_ray.model.sigma import SigmaModel, build_model
-from sigma_ray.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
+from sigma_ray.method.sigma import SigmaModel, build_model
+from sigma_ray.method.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
 from sigma_ray.train.config import PretrainConfig, run_length
 from sigma_ray.train.optim import build_optimizer, make_schedule
 

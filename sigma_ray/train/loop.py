@@ -36,23 +36,19 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from sigma_ray.config import from_dict
 from sigma_ray.data.stats import SkipBoundError, SkipStats
-from sigma_ray.model.sigma import build_model
-from sigma_ray.ray_compat import train_report_logger_name
-from sigma_ray.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
-from sigma_ray.train.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, unwrap
+from sigma_ray.infra.config import from_dict
+from sigma_ray.infra.ray_compat import train_report_logger_name
+from sigma_ray.method.sigma import build_model
+from sigma_ray.method.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
+from sigma_ray.runs.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, unwrap
+from sigma_ray.runs.files import DATA_ERROR_FILE, METRICS_FILE, NONFINITE_FILE, SKIPPED_FILE, TENSORBOARD_DIR
+from sigma_ray.runs.rundir import trim_jsonl
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.console import line as say
 from sigma_ray.train.optim import build_optimizer, make_schedule
-from sigma_ray.train.rundir import trim_jsonl
 
 log = logging.getLogger("sigma_ray.train")
-METRICS_FILE = "metrics.jsonl"
-SKIPPED_FILE = "skipped.jsonl"
-# Written by rank 0 when the run stops early, for the driver: a non-finite loss, or too many unreadable videos.
-NONFINITE_FILE = "nonfinite.json"
-DATA_ERROR_FILE = "data_error.json"
 
 
 def format_eta(seconds: float) -> str:
@@ -79,7 +75,7 @@ class _Progress:
             self.metrics_path, self.skipped_path = run_dir / METRICS_FILE, run_dir / SKIPPED_FILE
             trim_jsonl(self.metrics_path, start_step)
             self.skipped = {(r["epoch"], r["path"]) for r in trim_jsonl(self.skipped_path, start_step)}
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1)
 
     def record_skips(self, step: int, stats: dict[int, SkipStats], data_epoch: int) -> int:
         """Append the skips not yet recorded to ``skipped.jsonl`` (path, reason, epoch, step); returns how many
@@ -183,7 +179,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.load_queue_state_dict(restored.extra.get("queues", {}), device)
     else:
         if tc.init_from:  # a new run starting from imported weights (a resumed run has its own)
-            from sigma_ray.model.export import init_from_model_state
+            from sigma_ray.runs.export import init_from_model_state
 
             init_from_model_state(model, tc.init_from, config.model, config.objective)
         seed_everything(tc.seed + 1000003 * rank)  # per-rank streams for drop path etc.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sigma_ray.schedule import cosine, scaled_lr, warmup_cosine
+from sigma_ray.infra.schedule import cosine, scaled_lr, warmup_cosine
 
 # Parameters whose name contains one of these get no weight decay (besides every parameter with ndim <= 1).
 NO_DECAY_NAMES = ("bias", "norm", "pos_embed", "mask_token", "cls_token")

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import sys
 
-from sigma_ray.config import run_config_command
+from sigma_ray.infra.config import run_config_command
 from sigma_ray.tune.dashboard import add_server_arguments
 
 DEFAULT_CONFIG = "experiments/configs/sweep_local.yaml"
@@ -46,7 +46,7 @@ def build_parser(prog: str = "sweep_prototypes") -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from sigma_ray.config import load_config
+    from sigma_ray.infra.config import load_config
     from sigma_ray.tune.config import SweepConfig
 
     # --set comes after the smoke settings, so it can still change them

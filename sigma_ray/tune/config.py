@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sigma_ray.config import ConfigError, check_choice, check_range, from_dict, is_uri, load_yaml, merge_overrides
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
+from sigma_ray.infra.config import deep_merge, from_dict, load_yaml, merge_overrides
+from sigma_ray.runs.files import STUDY_FILE, is_uri
 from sigma_ray.train.config import PretrainConfig
 
-STUDY_FILE = "study.db"
 # what probe.score may name (the first is the default): val top-1, %, maximized; mean_top1 is the mean of the other two
 SCORES = ("knn_top1", "linear_top1", "mean_top1")
 TUNE_ID_ATTR = "tune_trial_id"     # Optuna user attribute linking a study trial to its Tune trial
@@ -236,7 +237,7 @@ class SweepConfig:
     def base_pretrain(self) -> PretrainConfig:
         """The base pretraining config (file + inline section + overrides), validated; errors say ``pretrain``."""
         data = load_yaml(self.pretrain_config) if self.pretrain_config is not None else {}
-        data = _deep_merge(data, self.pretrain)
+        data = deep_merge(data, self.pretrain)
         try:
             return from_dict(PretrainConfig, merge_overrides(data, self.overrides))
         except ConfigError as e:
@@ -261,13 +262,6 @@ class SweepConfig:
         return self.asha.grace_period * self.trial.probe_every, min(max_t * self.trial.probe_every, self.trial.steps)
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def trial_pretrain_config(base: PretrainConfig, params: dict[str, Any], sweep: SweepConfig, name: str,
                           storage_path: str) -> PretrainConfig:
     """The pretraining run of one trial: ``base`` with the sampled ``params`` (names of :data:`PARAM_FIELDS`), the
@@ -286,7 +280,7 @@ def apply_params(base: PretrainConfig, params: dict[str, Any]) -> dict[str, Any]
     """``base`` as a nested dict with the sampled ``params`` written into their fields. A sampled ``lr`` scales
     ``train.min_lr`` with it, so every trial's cosine ends at the base config's fraction of its peak (the demo's
     1%); a fixed floor would change the schedule's shape from trial to trial, and lie above a low peak."""
-    from sigma_ray.config import to_dict
+    from sigma_ray.infra.config import to_dict
 
     data = to_dict(base)
     if "lr" in params:

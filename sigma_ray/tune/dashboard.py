@@ -18,8 +18,10 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from sigma_ray.config import ConfigError, load_config
-from sigma_ray.tune.config import STUDY_FILE, SweepConfig
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import load_config
+from sigma_ray.runs.files import STUDY_FILE, SWEEP_FILE
+from sigma_ray.tune.config import SweepConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -29,8 +31,6 @@ def sweep_study(sweep_dir: str | Path) -> tuple[str, str]:
     """(study storage URL, study name) of the sweep in the local directory ``sweep_dir``, from the config the
     sweep saved there (its ``study_storage``, else the directory's ``study.db``). Raises ConfigError when the
     directory holds no sweep."""
-    from sigma_ray.tune.sweep import SWEEP_FILE
-
     path = Path(sweep_dir).expanduser().resolve() / SWEEP_FILE
     if not path.is_file():
         raise ConfigError(f"{sweep_dir} holds no sweep ({SWEEP_FILE} is missing): pass the directory a sweep "

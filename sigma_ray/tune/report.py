@@ -20,7 +20,8 @@ import optuna
 import yaml
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
-from sigma_ray.config import is_uri, to_dict
+from sigma_ray.infra.config import to_dict
+from sigma_ray.runs.files import is_uri
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.tune.config import SCORES, TUNE_ID_ATTR, SweepConfig, apply_params
 
@@ -117,7 +118,7 @@ def _fmt(value: Any) -> str:
 
 def best_pretrain_config(report: SweepReport) -> PretrainConfig | None:
     """The base run with the best trial's params, named ``<sweep>_best``: the full-length run to launch next."""
-    from sigma_ray.config import from_dict
+    from sigma_ray.infra.config import from_dict
 
     best = report.best
     if best is None:

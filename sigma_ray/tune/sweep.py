@@ -33,21 +33,21 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sigma_ray.config import ConfigError, is_uri, save_yaml, to_dict
 from sigma_ray.data.synthetic import ensure_synthetic
 from sigma_ray.eval.knn import KnnProbe
-from sigma_ray.ray_session import init_ray
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import save_yaml, to_dict
+from sigma_ray.infra.ray_session import init_ray
+from sigma_ray.runs.files import SWEEP_FILE, TRIALS_DIR, is_uri
 from sigma_ray.train.config import PretrainConfig, run_length
 from sigma_ray.train.launch import check_cluster, pretrain, resolve_paths
 from sigma_ray.tune import internals
-from sigma_ray.tune.config import (COLLAPSE_METRICS, RUN_DIR_ATTR, TUNE_ID_ATTR, IntRange,
-                                   SweepConfig, trial_pretrain_config)
+from sigma_ray.tune.config import (COLLAPSE_METRICS, RUN_DIR_ATTR, TUNE_ID_ATTR, IntRange, SweepConfig,
+                                   trial_pretrain_config)
 from sigma_ray.tune.report import SweepReport, TrialRow, write_report
 
 log = logging.getLogger("sigma_ray.tune")
 
-TRIALS_DIR = "trials"               # each trial's pretraining run: <sweep dir>/trials/<trial id>
-SWEEP_FILE = "sweep_config.yaml"    # the config the sweep started with; a resume must match it
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
@@ -193,7 +193,7 @@ def _check_resume(config: SweepConfig) -> None:
     path = Path(config.sweep_dir) / SWEEP_FILE
     if is_uri(config.sweep_dir) or not path.is_file():
         return
-    from sigma_ray.config import load_yaml
+    from sigma_ray.infra.config import load_yaml
 
     saved, now = load_yaml(path), to_dict(config)
     keys = ("search", "num_samples", "trial", "asha", "seed", "pretrain_config", "pretrain", "overrides")

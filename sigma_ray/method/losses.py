@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sigma_ray.sinkhorn import sinkhorn, usage_perplexity
+from sigma_ray.method.sinkhorn import sinkhorn, usage_perplexity
 
 
 class SwappedPredictionLoss(nn.Module):
@@ -18,7 +18,7 @@ class SwappedPredictionLoss(nn.Module):
     The gradient routing is the caller's: the video side must score against detached prototypes.
 
     ``queued_video`` / ``queued_proj`` (``Q x K``, optional): scores of queued features from earlier batches
-    (:mod:`sigma_ray.queue`); they join that side's Sinkhorn call as extra rows and only the current tokens'
+    (:mod:`sigma_ray.method.queue`); they join that side's Sinkhorn call as extra rows and only the current tokens'
     codes are used.
     """
 
@@ -69,7 +69,7 @@ class SwappedPredictionLoss(nn.Module):
 
 class PixelMSELoss(nn.Module):
     """VideoMAE: mean squared error between predictions and the masked tubes' pixel targets (per-tube
-    normalized, or raw; :class:`~sigma_ray.model.sigma.ObjectiveConfig`)."""
+    normalized, or raw; :class:`~sigma_ray.method.sigma.ObjectiveConfig`)."""
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         loss = F.mse_loss(pred.float(), target.float())

@@ -15,8 +15,8 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from sigma_ray.config import check_choice, check_range
-from sigma_ray.masking import token_grid
+from sigma_ray.infra.checks import check_choice, check_range
+from sigma_ray.method.masking import token_grid
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from sigma_ray.config import ConfigError
-from sigma_ray.model.vit import gather_tokens
-from sigma_ray.step import IMAGENET_MEAN, IMAGENET_STD
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.method.step import IMAGENET_MEAN, IMAGENET_STD
+from sigma_ray.method.vit import gather_tokens
 
 
 def tube_pixels(clips: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:

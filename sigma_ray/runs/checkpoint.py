@@ -9,7 +9,7 @@ Layout of ``checkpoint_{step:08d}/`` (Ray Train merges the files every worker re
 - ``manifest_rank{r}.json`` (every rank, written last): the step, the world size, the size and SHA-256 of each
   file the rank wrote and (rank 0) the step's metrics.
 
-Every ``.pt`` file holds tensors and plain values only and is read weights-only (:mod:`sigma_ray.weights`); the
+Every ``.pt`` file holds tensors and plain values only and is read weights-only (:mod:`sigma_ray.runs.weights`); the
 RNG states numpy and Python keep in their own types are stored as tensors and numbers. A checkpoint is *valid*
 when rank 0's manifest names a world size W, ranks 0..W-1 each left a manifest and every listed file has its
 recorded size and hash, so a truncated or half-uploaded checkpoint is never loaded. The step lives in the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sigma_ray.weights import CheckpointError, load_weights
+from sigma_ray.runs.files import CHECKPOINT_PREFIX, REJECTED_PREFIX, STATE_FILE, write_atomic, write_text_atomic
+from sigma_ray.runs.weights import CheckpointError, load_weights
 
-STATE_FILE = "state.pt"
-CHECKPOINT_PREFIX = "checkpoint_"
-REJECTED_PREFIX = "rejected_"          # a checkpoint that failed verification, moved out of Ray's and our view
 FORMAT = "sigma-ray-checkpoint/2"
 
 __all__ = ["CheckpointError", "CheckpointInfo", "Restored", "checkpoint_dir_name", "list_checkpoints",
@@ -116,17 +113,13 @@ def _sha256(path: Path) -> str:
 
 
 def _save_atomic(obj: Any, path: Path) -> dict[str, Any]:
-    """torch.save to a temporary name, then rename; returns the file's size and hash for the manifest."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically; returns the file's size and hash for the manifest."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
     return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def save_checkpoint(directory: str | Path, *, step: int, rank: int = 0, world_size: int = 1,

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sigma_ray.config import ConfigError, from_dict
-from sigma_ray.model.vit import ModelConfig, VideoEncoder
-from sigma_ray.weights import CheckpointError, load_weights
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.infra.config import from_dict
+from sigma_ray.method.vit import ModelConfig, VideoEncoder
+from sigma_ray.runs.files import write_atomic
+from sigma_ray.runs.weights import CheckpointError, load_weights
 
 FORMAT = "sigma-ray-encoder/1"
 MODEL_FORMAT = "sigma-ray-model/1"
@@ -28,12 +30,7 @@ ENCODER_PREFIX = "video.encoder."     # where a SigmaModel's state dict keeps th
 
 
 def _atomic_save(blob: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return path
+    return write_atomic(path, lambda tmp: torch.save(blob, tmp))
 
 
 def save_encoder(encoder: nn.Module, config: ModelConfig, path: str | Path, meta: dict[str, Any] | None = None,

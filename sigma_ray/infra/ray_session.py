@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Any
 
-from sigma_ray.ray_compat import auth_setup_logger_name
+from sigma_ray.infra.ray_compat import auth_setup_logger_name
 
 
 def restrict_token_file(path: str | os.PathLike | None = None) -> bool:

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from sigma_ray.config import ConfigError, check_choice, check_range
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
 
 MaskKind = Literal["tube", "random"]
 

@@ -7,12 +7,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sigma_ray.config import ConfigError, check_choice, check_range
-from sigma_ray.losses import PixelMSELoss, SwappedPredictionLoss
-from sigma_ray.model.projection import PixelTubeMLP, Prototypes, TeacherProjection, tube_pixels, tube_target
-from sigma_ray.model.vit import ModelConfig, VideoMAE, gather_tokens, split_indices
-from sigma_ray.queue import FeatureQueue
-from sigma_ray.sinkhorn import codes_per_clip
+from sigma_ray.infra.checks import ConfigError, check_choice, check_range
+from sigma_ray.method.losses import PixelMSELoss, SwappedPredictionLoss
+from sigma_ray.method.projection import PixelTubeMLP, Prototypes, TeacherProjection, tube_pixels, tube_target
+from sigma_ray.method.queue import FeatureQueue
+from sigma_ray.method.sinkhorn import codes_per_clip
+from sigma_ray.method.vit import ModelConfig, VideoMAE, gather_tokens, split_indices
 
 ObjectiveKind = Literal["sigma_mlp", "sigma_dino", "videomae"]
 
@@ -26,11 +26,11 @@ class ObjectiveConfig:
 
     Levers for small batches, all off by default (the paper's runs need none): ``queue_length`` keeps that many
     of the last batches' features per side and worker in each Sinkhorn call (SwAV's queue, see
-    :mod:`sigma_ray.queue`), from training batch ``queue_start`` on; ``freeze_prototypes`` keeps the prototypes
+    :mod:`sigma_ray.method.queue`), from training batch ``queue_start`` on; ``freeze_prototypes`` keeps the prototypes
     fixed for that many training batches (SwAV's ``freeze_prototypes_niters``). Training batches are forward
     passes in training mode (optimizer steps x ``train.accumulate_steps``). ``projection_hidden``: the widths of
     SIGMA-MLP's hidden layers (the paper's 1024, 1024, 512 for ViT-S/B). ``target_motion`` adds the differences
-    between a masked tube's consecutive frames (:func:`~sigma_ray.model.projection.tube_motion`) to what the target
+    between a masked tube's consecutive frames (:func:`~sigma_ray.method.projection.tube_motion`) to what the target
     side reads: SIGMA-MLP's projection input, or VideoMAE's pixel target (then the decoder predicts them too). Off
     in the paper (the tube alone); needs a tubelet of 2 or more and standardized tubes. ``freeze_projection`` keeps
     SIGMA-MLP's projection at its random initial weights (only the prototypes learn on the target side, as with

@@ -21,11 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from sigma_ray.config import ConfigError, is_uri
-
-LOCK_FILE = "LOCK"
-CONFIG_FILE = "config.yaml"
-CHANGES_FILE = "config_changes.jsonl"
+from sigma_ray.infra.checks import ConfigError
+from sigma_ray.runs.files import CHANGES_FILE, LOCK_FILE, is_uri, write_text_atomic
 
 # Fields whose change makes the saved weights mean something else (or not load at all): never changed on resume.
 FIXED_FIELDS = ("model.size", "model.num_frames", "model.img_size", "model.tubelet", "model.patch",
@@ -165,7 +162,5 @@ def trim_jsonl(path: str | Path, max_step: int) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

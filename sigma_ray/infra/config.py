@@ -7,6 +7,7 @@ from a nested dict, rejecting unknown keys and wrong types before any work start
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -14,34 +15,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from sigma_ray.infra.checks import ConfigError, check_choice
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type, or out of range; the message names the field."""
-
-
-def is_uri(path: str) -> bool:
-    """Whether a configured path is a URI (``s3://...``, ``gs://...``) rather than a local or NFS path."""
-    return "://" in path
-
-
-def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False, hi_open: bool = False) -> None:
-    """Raise ConfigError unless ``lo (<|<=) value (<|<=) hi``; the message shows the allowed interval."""
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
-          (hi is not None and (value >= hi if hi_open else value > hi))
-    if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        interval = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-        raise ConfigError(f"{name} = {value!r} is outside the allowed range {interval}")
-
-
-def check_choice(name: str, value: Any, choices: typing.Iterable[Any]) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(f"{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:
@@ -110,15 +86,22 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     """Build the frozen dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
 
-    Nested dataclass fields take nested dicts. ``validate()`` runs on the result when ``cls`` defines it.
+    Nested dataclass fields take nested dicts. ``validate()`` runs on the result when ``cls`` defines it. A class
+    whose fields repeat one another's values defines ``fill_derived(data) -> data``, which fills the repeated keys
+    that ``data`` leaves out from the ones it states, so a file states each fact once.
     """
     data = dict(data or {})
+    fill = getattr(cls, "fill_derived", None)
+    if callable(fill):
+        data = fill(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f" in {prefix}" if prefix else ""
-        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{where}; "
+        close = [m for k in unknown for m in difflib.get_close_matches(k, fields, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{where}{hint}; "
                           f"allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for key, value in data.items():
@@ -200,11 +183,25 @@ def _deep_copy(d: Any) -> Any:
     return d
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (an empty file is an empty mapping)."""
+BASE_KEY = "base"   # a config file's other file that it changes: ``base: demo.yaml`` (relative to the file)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` written over it: mappings merge key by key, any other value replaces (a copy)."""
+    out = _deep_copy(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _deep_copy(v)
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping (an empty file is an empty mapping). A top-level ``base: OTHER.yaml`` (a path relative
+    to this file) reads that file first and writes this one over it (:func:`deep_merge`), so an experiment states
+    only what it changes; bases may have bases, a cycle is an error."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        where = f" (the {BASE_KEY} of {_seen[-1]})" if _seen else ""
+        raise ConfigError(f"config file {path} does not exist{where}")
     try:
         with path.open() as f:
             data = yaml.safe_load(f) or {}
@@ -214,7 +211,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: {BASE_KEY} must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: {BASE_KEY} {base} leads back to itself")
+    return deep_merge(load_yaml(base_path, (*_seen, path.resolve())), data)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:

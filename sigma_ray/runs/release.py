@@ -36,11 +36,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sigma_ray.model.export import ENCODER_PREFIX, save_encoder, save_model_state
-from sigma_ray.model.projection import PixelTubeMLP, Prototypes
-from sigma_ray.model.sigma import ObjectiveConfig
-from sigma_ray.model.vit import VIT_SIZES, ModelConfig, VideoEncoder, VideoMAE
-from sigma_ray.weights import CheckpointError, load_weights
+from sigma_ray.method.projection import PixelTubeMLP, Prototypes
+from sigma_ray.method.sigma import ObjectiveConfig
+from sigma_ray.method.vit import VIT_SIZES, ModelConfig, VideoEncoder, VideoMAE
+from sigma_ray.runs.export import ENCODER_PREFIX, save_encoder, save_model_state
+from sigma_ray.runs.files import ENCODER_FILE, MODEL_FILE
+from sigma_ray.runs.weights import CheckpointError, load_weights
 
 Format = Literal["release", "transformers"]
 HF_CONFIG = "config.json"
@@ -175,7 +176,7 @@ def invert_rules(rules: list[Rule], state: dict[str, torch.Tensor]) -> dict[str,
 
 
 def _torch_load(path: Path) -> Any:
-    """:func:`sigma_ray.weights.load_weights`; the VideoMAE code base also pickles its ``argparse.Namespace``
+    """:func:`sigma_ray.runs.weights.load_weights`; the VideoMAE code base also pickles its ``argparse.Namespace``
     (``args``): that class (a plain attribute bag, no code runs) is the one global allowed beyond torch's."""
     try:
         return load_weights(path, "a checkpoint's weights", allow=(argparse.Namespace,))
@@ -440,8 +441,6 @@ def _read_pretraining(state: dict[str, torch.Tensor], fmt: Format, config: Model
 # Writing
 
 
-ENCODER_FILE = "encoder.pt"
-MODEL_FILE = "model.pt"
 
 
 def import_released(src: str | Path, out_dir: str | Path, num_frames: int | None = None,

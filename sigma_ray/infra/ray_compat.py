@@ -14,7 +14,6 @@ the versions these were checked against.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +106,8 @@ def register_checkpoints(run_dir: str | Path, checkpoints: list[tuple[str, dict]
     no checkpoint: nothing to do."""
     import ray
 
+    from sigma_ray.runs.files import write_text_atomic   # the run directory's one writer (a leaf module)
+
     data = _read_snapshot(run_dir)
     if data is None:
         if not checkpoints:
@@ -132,7 +133,4 @@ def register_checkpoints(run_dir: str | Path, checkpoints: list[tuple[str, dict]
     for key in _SNAPSHOT_NAME_LISTS:
         if key in data:
             data[key] = [n for n in data[key] if n in names]
-    path = _snapshot_path(run_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_text_atomic(_snapshot_path(run_dir), json.dumps(data))
