@@ -6,10 +6,13 @@ path: decode the window from the start, convert the sampled frames to PIL, crop 
 
 per-core (issue 9): clips/s per core (one process, one decoder thread) on a Kinetics-like file (bigbuckbunny
 re-encoded to 568x320 with libx264 defaults: one key frame per 250 frames) and on its ``sigma-ray prepare`` copy (a
-key frame every 16 frames, x264 ``fastdecode``): PyAV ``ClipMaker`` with repeats 1/2/4 against the VideoMAE-style
-reference on the same clips (decord ``get_batch``, PIL crop + resize per frame, float normalize), the methods
-taking turns clip by clip; prints the cores per GPU needed for 530 and 1,300 clips/s. decord is the ``bench``
-extra (``pip install -e '.[bench]'``); without it the reference decodes with PyAV from frame 0 and the table says so.
+key frame every 16 frames, x264 ``fastdecode``) and its stride-4 copy: ``ClipMaker`` with repeats 1/2/4, decoding
+with PyAV and with torchcodec (``data.decoder``), against the VideoMAE-style reference on the same clips (decord
+``get_batch``, PIL crop + resize per frame, float normalize), the methods taking turns clip by clip; prints the
+cores per GPU needed for 530 and 1,300 clips/s, and in a second table the decoding alone (``ClipMaker.window``) of
+each decoder in the same run. torchcodec is the ``torchcodec`` extra (the ``test`` extra has it). decord is the
+``bench`` extra (``pip install -e '.[bench]'``); without it the reference decodes with PyAV from frame 0 and the
+table says so.
 
     python benchmarks/data_pipeline.py [--suite per-core] [--clips 40] [--shared ../shared/data]
 """
@@ -32,6 +35,7 @@ from sigma_ray.data.annotations import VideoRecord
 from sigma_ray.data.clips import ClipMaker, epoch_rows
 from sigma_ray.data.config import DataConfig
 from sigma_ray.data.decode import VideoDecodeError
+from sigma_ray.data.ffmpeg_libs import load_torchcodec
 from sigma_ray.data.iterator import ClipIterator, collate
 
 
@@ -67,6 +71,8 @@ def rate(batches, clips: int) -> tuple[float, float]:
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 TARGETS = (530, 1300)   # clips/s one GPU consumes (the GPU issue's targets)
+# data.decoder -> its rows' name: both feed the same ClipMaker (crop, resize, mask), only the decoding differs
+DECODERS = {"pyav": "PyAV seek + swscale (ClipMaker)", "torchcodec": "torchcodec get_frames_at (ClipMaker)"}
 
 
 def k400_like(src: str, dst: str) -> None:
@@ -135,10 +141,11 @@ def interleaved_rates(methods: dict[str, tuple[Callable[[int], object], int]], c
 def per_core(args) -> list[tuple[str, str, int, float]]:
     """The issue-9 table: (method, file, repeats, clips/s per core); the reference is the first row."""
     import os
+    from importlib.metadata import version
 
     import ray
 
-    from sigma_ray.data.clips import Row
+    from sigma_ray.data.clips import Row, sample_rng
     from sigma_ray.data.prepare import PrepareConfig, prepare
 
     try:
@@ -161,33 +168,49 @@ def per_core(args) -> list[tuple[str, str, int, float]]:
           f"{result.seconds:.1f} s, {os.path.getsize(prepared)} bytes; stride-4 copy: {stride4} (every 4th frame, "
           f"gop 16 kept frames), {strided.seconds:.1f} s, {os.path.getsize(stride4)} bytes")
     cfg = DataConfig(decode_short_side=320)   # 16 frames, rate 4, 224 px, multi-scale crop, tube mask 0.9
+    ffmpeg = load_torchcodec()
+    load_start = os.getloadavg()[0]
     ref_name = "VideoMAE-style: decord get_batch + PIL + normalize" if use_decord else \
         "VideoMAE-style: PyAV decode from frame 0 + PIL + normalize (decord not installed)"
     methods: dict[tuple[str, str, int], tuple[Callable[[int], object], int]] = {}
     for label, path, stride in (("raw", raw, 1), ("prepared", prepared, 1), ("stride-4 copy", stride4, 4)):
         if stride == 1:   # the reference samples at rate 4 from every frame; a stride copy has only every 4th
             methods[(ref_name, label, 1)] = (lambda i, path=path: videomae_reference(path, cfg, i, use_decord), 1)
-        for k in (1, 2, 4):
-            # the paper's sampling (16 frames at rate 4): on the stride copy, 16 consecutive kept frames
-            maker = ClipMaker(DataConfig(decode_short_side=320, num_repeats=k, frame_stride=stride), "train")
-            methods[("PyAV seek + swscale (ClipMaker)", label, k)] = (
-                lambda i, maker=maker, path=path: maker.make(Row(path, 0, i, 0)), k)
+        for decoder, name in DECODERS.items():
+            for k in (1, 2, 4):
+                # the paper's sampling (16 frames at rate 4): on the stride copy, 16 consecutive kept frames
+                maker = ClipMaker(DataConfig(decode_short_side=320, num_repeats=k, frame_stride=stride,
+                                             decoder=decoder), "train")
+                methods[(name, label, k)] = (lambda i, maker=maker, path=path: maker.make(Row(path, 0, i, 0)), k)
+            methods[(f"{decoder} decode only", label, 0)] = (   # the window of repeat 0's clip, uint8 at 568x320
+                lambda i, maker=maker, path=path: maker.window(Row(path, 0, i, 0), sample_rng(0, 0, i, 0)), 1)
     rates = interleaved_rates(methods, args.clips)
-    rows = [(name, label, k, r) for (name, label, k), r in rates.items()]
+    rows = [(name, label, k, r) for (name, label, k), r in rates.items() if k > 0]
+    decode_only = {(name.split()[0], label): r for (name, label, k), r in rates.items() if k == 0}
     ref = rows[0][3]
     load = os.getloadavg()[0]
     print(f"\nclips/s per core (1 process, 1 decoder thread; median of {args.clips} clips, methods interleaved; "
-          f"16x224x224; {os.cpu_count()} cores, load average {load:.1f} at the end; reference = first row)")
+          f"16x224x224; {os.cpu_count()} cores, load average {load_start:.1f} at the start, {load:.1f} at the end; "
+          f"PyAV {av.__version__}, torchcodec {version('torchcodec')} on PyAV's FFmpeg {ffmpeg}; "
+          f"reference = first row)")
     print("| path | file | repeats | clips/s per core | x reference | " +
           " | ".join(f"cores/GPU at {t}" for t in TARGETS) + " |")
     print("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in TARGETS) + " |")
     for name, label, k, r in rows:
         print(f"| {name} | {label} | {k} | {r:.1f} | {r / ref:.2f}x | " +
               " | ".join(f"{math.ceil(t / r)}" for t in TARGETS) + " |")
-    ours = {(label, k): r for name, label, k, r in rows if name != ref_name}
+    ours = {(label, k): r for name, label, k, r in rows if name == DECODERS["pyav"]}
     print(f"goals: prepared + PyAV {ours[('prepared', 1)] / ref:.2f}x the reference (>= 2x), with 4 repeats "
           f"{ours[('prepared', 4)] / ref:.2f}x (>= 4x); the paper's sampling on the stride-4 copy "
           f"{ours[('stride-4 copy', 1)] / ref:.2f}x (>= 3.5x: <= 10 cores per GPU at 530 clips/s)")
+    print("\ndecoding alone (ClipMaker.window: 16 frames at 568x320, uint8), same run, windows per second per core")
+    print("| file | PyAV | torchcodec | torchcodec / PyAV |\n| --- | --- | --- | --- |")
+    for label in dict.fromkeys(label for _, label in decode_only):
+        pyav, tcodec = decode_only[("pyav", label)], decode_only[("torchcodec", label)]
+        print(f"| {label} | {pyav:.1f} | {tcodec:.1f} | {tcodec / pyav:.2f}x |")
+    tc = {(label, k): r for name, label, k, r in rows if name == DECODERS["torchcodec"]}
+    print("torchcodec / PyAV, end to end per core: " + ", ".join(
+        f"{label} x{k} {tc[(label, k)] / ours[(label, k)]:.2f}x" for label, k in ours))
     return rows
 
 

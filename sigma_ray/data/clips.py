@@ -13,7 +13,7 @@ import numpy as np
 from sigma_ray.data import sampling, transforms
 from sigma_ray.data.annotations import VideoRecord, clip_rate
 from sigma_ray.data.config import DataConfig
-from sigma_ray.data.decode import VideoReader
+from sigma_ray.data.decode import open_video
 from sigma_ray.data.frame_cache import whole_video
 from sigma_ray.method.masking import MaskGenerator
 
@@ -61,6 +61,10 @@ class ClipMaker:
         self.split = split
         self.rate = clip_rate(config, split)   # the sampling rate in the copy's frames (a stride copy keeps fewer)
         self.masks = MaskGenerator(config.grid, config.mask)
+        if config.decoder == "torchcodec":   # fail here, once, naming what is missing, not on every video
+            from sigma_ray.data.ffmpeg_libs import load_torchcodec
+
+            load_torchcodec()
 
     def __call__(self, row: Row, epoch: int = 0) -> Sample:
         """The row's sample (for train with ``num_repeats > 1``: the first repeat only; see :meth:`make`)."""
@@ -86,8 +90,9 @@ class ClipMaker:
         return samples
 
     def window(self, row: Row, rng: np.random.Generator) -> np.ndarray:
-        """Decode the frames of the row's clip: uint8 ``(T, H', W', C)`` at ``decode_short_side``; cut from the
-        whole decoded video when ``decode_cache_mb`` > 0 and it fits (:mod:`sigma_ray.data.frame_cache`)."""
+        """Decode the frames of the row's clip with ``config.decoder``: uint8 ``(T, H', W', C)`` at
+        ``decode_short_side``; cut from the whole decoded video when ``decode_cache_mb`` > 0 and it fits
+        (:mod:`sigma_ray.data.frame_cache`)."""
         c = self.config
         train = self.split == "train"
         clip_i = row.view // c.test_num_crops
@@ -101,10 +106,10 @@ class ClipMaker:
                     sampling.segment_eval_indices(n, c.num_frames, num_clips, clip_i))
 
         if c.decode_cache_mb > 0:
-            video = whole_video(row.path, c.decode_short_side, c.decode_threads, c.decode_cache_mb)
+            video = whole_video(row.path, c.decode_short_side, c.decode_threads, c.decode_cache_mb, c.decoder)
             if video is not None:
                 return video[indices(len(video))]
-        with VideoReader(row.path, threads=c.decode_threads) as reader:
+        with open_video(row.path, c.decoder, c.decode_threads) as reader:
             return reader.frames(indices(reader.info.num_frames), c.decode_short_side)
 
     def _augment(self, frames: np.ndarray, row: Row, rng: np.random.Generator, view: int) -> Sample:

@@ -13,6 +13,7 @@ SPLITS = ("train", "val", "test")
 # (DataConfig field, ModelConfig field) pairs that hold one fact: the clips the data layer makes are those the
 # model embeds
 SHARED_SIZES = (("num_frames", "num_frames"), ("input_size", "img_size"), ("tubelet", "tubelet"), ("patch", "patch"))
+DECODERS = ("pyav", "torchcodec")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class DataConfig:
     actor_num_cpus: float = 0.5           # fractional so a 2-core machine can run actors beside the trainer
     actor_resources: dict[str, float] = field(default_factory=dict)   # e.g. {"decode_node": 0.01}: cluster.yaml's
                                           # CPU-only cpu_decode nodes, keeping GPU nodes' cores for trainers
+    decoder: Literal["pyav", "torchcodec"] = "pyav"   # the video decoder of the clip actors: PyAV, or torchcodec
+                                          # on the same FFmpeg (benchmarks/README.md compares them per core)
     decode_threads: int = 1               # FFmpeg threads per decoder; 1 since actors already run in parallel
     decode_cache_mb: float = 0.0          # per process: keep whole decoded videos up to this many MiB and cut
                                           # clips from them (0 = decode every clip; for sets that fit in memory)
@@ -101,6 +104,7 @@ class DataConfig:
         check_range("actor_num_cpus", self.actor_num_cpus, 0.0, 64.0, lo_open=True)
         for k, v in self.actor_resources.items():
             check_range(f"actor_resources.{k}", v, 0.0, lo_open=True)
+        check_choice("decoder", self.decoder, DECODERS)
         check_range("decode_threads", self.decode_threads, 0, 64)
         check_range("decode_cache_mb", self.decode_cache_mb, 0.0, 2.0**20)
         check_range("seed", self.seed, 0, 2**63 - 1)

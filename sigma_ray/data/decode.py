@@ -1,4 +1,5 @@
-"""PyAV decoding of just the frames a clip needs, resized in the decoder when the source is large.
+"""PyAV decoding of just the frames a clip needs, resized in the decoder when the source is large; :func:`open_video`
+picks it or the torchcodec reader (:mod:`sigma_ray.data.decode_torchcodec`) by the data config's ``decoder``.
 
 Frame ``i`` is the i-th frame in presentation order; it is located by its timestamp
 (``i = round((pts - start) * time_base * fps)``), which lets a reader seek to the key frame before the first
@@ -166,7 +167,21 @@ class VideoReader:
         self.close()
 
 
-def read_frames(path: str, indices, short_side: int | None = None, threads: int = 1) -> np.ndarray:
+def open_video(path: str, decoder: str = "pyav", threads: int = 1, verify: bool = True):
+    """A reader of ``path`` by the data config's ``decoder``: :class:`VideoReader` (``"pyav"``) or
+    :class:`~sigma_ray.data.decode_torchcodec.TorchcodecReader` (``"torchcodec"``), both with ``info``,
+    ``frames(indices, short_side)`` and ``close()``, and raising :class:`VideoDecodeError` alike."""
+    if decoder == "pyav":
+        return VideoReader(path, threads, verify)
+    if decoder == "torchcodec":
+        from sigma_ray.data.decode_torchcodec import TorchcodecReader   # imports torch and torchcodec
+
+        return TorchcodecReader(path, threads, verify)
+    raise ValueError(f"decoder = {decoder!r} is not one of 'pyav', 'torchcodec'")
+
+
+def read_frames(path: str, indices, short_side: int | None = None, threads: int = 1,
+                decoder: str = "pyav") -> np.ndarray:
     """Open ``path``, decode the frames at ``indices`` and close it: uint8 ``(len(indices), H, W, 3)``."""
-    with VideoReader(path, threads) as reader:
+    with open_video(path, decoder, threads) as reader:
         return reader.frames(indices, short_side)

@@ -13,28 +13,29 @@ import os
 
 import numpy as np
 
-from sigma_ray.data.decode import VideoDecodeError, VideoReader
+from sigma_ray.data.decode import VideoDecodeError, open_video
 
 _videos: dict[tuple, np.ndarray] = {}
 _bytes = 0
 
 
-def whole_video(path: str, short_side: int, threads: int, budget_mb: float) -> np.ndarray | None:
-    """Every frame of ``path`` at ``short_side``, uint8 ``(num_frames, H, W, 3)``, from this process's cache, or
-    decoded and added while the cache holds under ``budget_mb`` MiB. None when the budget is spent, or when the
-    whole video does not decode (the caller then decodes just its clip's frames, which may still succeed or
-    raise the reader's error, as without a cache)."""
+def whole_video(path: str, short_side: int, threads: int, budget_mb: float,
+                decoder: str = "pyav") -> np.ndarray | None:
+    """Every frame of ``path`` at ``short_side`` decoded by ``decoder``, uint8 ``(num_frames, H, W, 3)``, from this
+    process's cache, or decoded and added while the cache holds under ``budget_mb`` MiB. None when the budget is
+    spent, or when the whole video does not decode (the caller then decodes just its clip's frames, which may still
+    succeed or raise the reader's error, as without a cache)."""
     global _bytes
     try:
         st = os.stat(path)
     except OSError:
         return None
-    key = (str(path), short_side, st.st_size, st.st_mtime_ns)
+    key = (str(path), short_side, decoder, st.st_size, st.st_mtime_ns)
     frames = _videos.get(key)
     if frames is not None or _bytes >= budget_mb * 2**20:
         return frames
     try:
-        with VideoReader(path, threads=threads) as reader:
+        with open_video(path, decoder, threads) as reader:
             frames = reader.frames(range(reader.info.num_frames), short_side)
     except VideoDecodeError:
         return None
