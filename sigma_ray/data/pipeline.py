@@ -42,6 +42,7 @@ from sigma_ray.data.decode import VideoDecodeError
 from sigma_ray.data.iterator import collate, has_views
 from sigma_ray.data.stats import ConsumerMeter, PipelineStats
 from sigma_ray.data.stats_actor import SkipStatsActor
+from sigma_ray.infra.driver_node import on_driver_node
 
 
 def ensure_ray() -> None:
@@ -102,7 +103,7 @@ class ClipPipeline:
         self.config = config
         self.split = split
         self.records = records if records is not None else load_split(config, split)
-        self.stats_actor = SkipStatsActor.remote()
+        self.stats_actor = SkipStatsActor.options(**on_driver_node()).remote()
 
     def dataset(self, epoch: int = 0) -> "ray.data.Dataset":
         c = self.config

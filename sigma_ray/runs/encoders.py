@@ -3,7 +3,7 @@ pretraining model. No Ray.
 
 A checkpoint is read (verified, weights-only) through :mod:`sigma_ray.runs.checkpoint`: its model state holds the
 encoder under ``video.encoder.``, and the encoder's ModelConfig is the ``model`` section of ``config.yaml`` in the
-run directory above the checkpoint.
+run directory above the checkpoint. Any of them may be on object storage (``s3://...``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sigma_ray.infra.config import from_dict, load_yaml
 from sigma_ray.method.vit import ModelConfig, VideoEncoder
 from sigma_ray.runs.checkpoint import CheckpointError, load_model_state, newest_valid
 from sigma_ray.runs.export import encoder_from_model_state, load_encoder
-from sigma_ray.runs.files import CHECKPOINT_PREFIX, CONFIG_FILE, ENCODER_FILE, STATE_FILE
+from sigma_ray.runs.files import CHECKPOINT_PREFIX, CONFIG_FILE, ENCODER_FILE, STATE_FILE, is_uri
 
 
 def load_checkpoint_encoder(checkpoint_dir: str | Path) -> VideoEncoder:
@@ -57,9 +57,22 @@ def resolve_encoder(path: str | Path) -> tuple[str, Path]:
                             f"{CHECKPOINT_PREFIX}*/ checkpoint")
 
 
-def load_any_encoder(path: str | Path) -> tuple[VideoEncoder, Path]:
+def load_any_encoder(path: str | Path) -> tuple[VideoEncoder, Path | str]:
     """Load the encoder ``path`` names (see :func:`resolve_encoder`); returns it (eval mode, CPU) and the file or
-    checkpoint directory it came from."""
+    checkpoint directory it came from. On object storage (``s3://...``) what it needs is downloaded first
+    (:func:`sigma_ray.runs.object_rundir.fetch_encoder`) and the source is named by its URI."""
+    if is_uri(str(path)):
+        import tempfile
+
+        from sigma_ray.runs.object_rundir import fetch_encoder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local, remote = fetch_encoder(str(path), Path(tmp))
+            encoder, where = load_any_encoder(local)
+        source = f"{remote}/{Path(where).relative_to(tmp).as_posix()}"
+        if "checkpoint" in getattr(encoder, "export_meta", {}):
+            encoder.export_meta["checkpoint"] = source
+        return encoder, source
     kind, where = resolve_encoder(path)
     return (load_encoder(where) if kind == "export" else load_checkpoint_encoder(where)), where
 

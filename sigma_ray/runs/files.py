@@ -3,7 +3,7 @@ the package writes them: atomically, so a reader never sees half a file.
 
 A run directory ``storage_path/name/``::
 
-    LOCK                     the owner's host, pid and command (rundir.RunLock)
+    LOCK                     the owner's host, pid and command (rundir.RunLock; on s3:// object_lock)
     config.yaml              the resolved config; config_changes.jsonl: accepted changes on resume
     metrics.jsonl            one row per logged step; skipped.jsonl: videos skipped, with the reason
     nonfinite.json           written when a step's loss or gradient is not finite (the run stops)

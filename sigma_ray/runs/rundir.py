@@ -3,7 +3,8 @@
 - ``LOCK``: one run owns the directory at a time. The owner holds an exclusive ``flock`` on the file for its
   whole life and writes its host, pid, start time and command into it; the kernel drops the lock when the process
   ends, however it ends, so a crashed run never leaves it stuck. (``flock`` works across NFS clients on Linux;
-  object-store paths such as ``s3://`` are not locked.)
+  an ``s3://`` run directory has a lock object instead, :mod:`sigma_ray.runs.object_lock`; other URIs are not
+  locked.)
 - ``config.yaml``: the resolved config. A run started again with another config is compared with it before any
   worker starts: a change to the network (:data:`FIXED_FIELDS`) is refused, naming the fields, and the file is left
   as it was; any other change (more steps, another lr) is accepted and appended to ``config_changes.jsonl``.

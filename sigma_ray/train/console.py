@@ -12,6 +12,8 @@ import threading
 
 import ray
 
+from sigma_ray.infra.driver_node import on_driver_node
+
 
 @ray.remote(num_cpus=0)
 class ConsoleActor:
@@ -40,7 +42,7 @@ class ConsoleRelay:
     """``with ConsoleRelay() as relay:`` pass ``relay.actor`` to the workers; their lines print here."""
 
     def __init__(self, every_s: float = 0.5):
-        self.actor = ConsoleActor.remote()
+        self.actor = ConsoleActor.options(**on_driver_node()).remote()
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="sigma-ray-console")

@@ -19,7 +19,6 @@ Train V2's checkpoint snapshot is made to list the valid ones, so Ray hands the 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -41,7 +40,8 @@ from sigma_ray.infra.ray_session import init_ray
 from sigma_ray.runs.checkpoint import load_model_state, read_info, resume_point, set_aside
 from sigma_ray.runs.files import (CONFIG_FILE, DATA_ERROR_FILE, ENCODER_FILE, METRICS_FILE, NONFINITE_FILE,
                                   SKIPPED_FILE, copy_to, is_uri, read_text)
-from sigma_ray.runs.rundir import RunLock, check_resumable, check_writable, config_changes, read_jsonl, record_changes
+from sigma_ray.runs.object_lock import run_lock
+from sigma_ray.runs.rundir import check_resumable, check_writable, config_changes, read_jsonl, record_changes
 from sigma_ray.train.config import PretrainConfig, run_length
 
 log = logging.getLogger("sigma_ray.train")
@@ -148,8 +148,8 @@ def export_encoder(checkpoint, config: PretrainConfig, dest: str) -> str:
 class RunDirState:
     """What a run directory holds before a start, found without changing it (:func:`inspect_run_dir`)."""
 
-    valid: list                    # CheckpointInfo of the valid checkpoints, oldest first (local run dirs)
-    damaged: list                  # (path, reason) of the checkpoints that failed verification
+    valid: list                    # CheckpointInfo of the valid checkpoints, oldest first
+    damaged: list                  # (path or URI, reason) of the checkpoints that failed verification
     changes: dict                  # {field: (saved, new)} against the saved config.yaml (none in a new run)
 
     @property
@@ -161,13 +161,19 @@ class RunDirState:
 def inspect_run_dir(config: PretrainConfig, run_dir: str) -> RunDirState:
     """Check ``run_dir`` for this start, writing nothing (call it holding the run's lock, before Ray starts).
 
-    Local run directories: verify every checkpoint and load the newest valid one's files weights-only
-    (CheckpointError when checkpoints exist but none is valid, or when the one to resume from is refused). Then
+    Verify the checkpoints and load the newest valid one's files weights-only (CheckpointError when checkpoints
+    exist but none is valid, or when the one to resume from is refused); on object storage from the newest down
+    until one is valid (:func:`sigma_ray.runs.object_rundir.resume_point`). Then
     compare ``config`` with the saved ``config.yaml``: a change to the network raises ConfigError naming the fields.
     """
     import yaml
 
-    valid, damaged = ([], []) if is_uri(run_dir) else resume_point(run_dir)
+    if is_uri(run_dir):
+        from sigma_ray.runs import object_rundir
+
+        valid, damaged = object_rundir.resume_point(run_dir)
+    else:
+        valid, damaged = resume_point(run_dir)
     changes = {}
     saved = read_text(f"{run_dir}/{CONFIG_FILE}")
     if saved is not None:
@@ -188,7 +194,12 @@ def open_run_dir(config: PretrainConfig, run_dir: str, state: RunDirState) -> No
     valid checkpoint; record config changes in ``config_changes.jsonl``; write ``config.yaml``."""
     from sigma_ray.infra.ray_compat import register_checkpoints
 
-    if not is_uri(run_dir):
+    if is_uri(run_dir):
+        from sigma_ray.runs import object_rundir
+
+        object_rundir.set_aside(state.damaged)
+        object_rundir.register_checkpoints(run_dir, [(c.name, c.metrics) for c in state.valid])
+    else:
         set_aside(state.damaged)
         register_checkpoints(run_dir, [(c.name, c.metrics) for c in state.valid])
     if state.changes:
@@ -243,6 +254,7 @@ def _fit(config: PretrainConfig, run_dir: str, records: list, spe: int, total: i
     from ray.train.torch import TorchTrainer
 
     from sigma_ray.data.pipeline import ClipPipeline
+    from sigma_ray.infra.driver_node import on_driver_node
     from sigma_ray.train.console import ConsoleRelay
     from sigma_ray.train.cursor import DataCursor
     from sigma_ray.train.dataset import in_order, training_stream
@@ -253,10 +265,14 @@ def _fit(config: PretrainConfig, run_dir: str, records: list, spe: int, total: i
     # Train API only with this set, read when the trainer is built; RAY_TRAIN_ENABLE_STATE_TRACKING=0 opts out.
     os.environ.setdefault(RAY_TRAIN_ENABLE_STATE_TRACKING, "1")
     for name in (NONFINITE_FILE, DATA_ERROR_FILE):   # left by an earlier attempt of this run
-        if not is_uri(run_dir):
+        if is_uri(run_dir):
+            from sigma_ray.runs import object_rundir
+
+            object_rundir.remove(f"{run_dir}/{name}")
+        else:
             (Path(run_dir) / name).unlink(missing_ok=True)
     pipeline = ClipPipeline(config.data, "train", records)
-    cursor = DataCursor.remote()
+    cursor = DataCursor.options(**on_driver_node()).remote()
     # one spare epoch at the end: skipped videos shorten epochs, and no worker may run dry before the last step
     dataset = training_stream(pipeline, spe * config.global_batch, config.train.epochs + 1, cursor)
     tc = config.train
@@ -356,7 +372,7 @@ def pretrain(config: PretrainConfig, callbacks: list | None = None, probe=None,
     try:
         # The lock and the checks of the run directory come before Ray starts: a second start is refused at
         # once, and a refused resume leaves the directory as it was.
-        with (contextlib.nullcontext() if is_uri(run_dir) else RunLock(run_dir)):
+        with run_lock(run_dir):
             state = inspect_run_dir(config, run_dir)
             init_ray()
             check_cluster(config)

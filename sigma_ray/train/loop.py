@@ -42,7 +42,8 @@ from sigma_ray.infra.ray_compat import train_report_logger_name
 from sigma_ray.method.sigma import build_model
 from sigma_ray.method.step import amp_dtype_for, forward_backward, metrics_to_floats, optimizer_step, seed_everything
 from sigma_ray.runs.checkpoint import checkpoint_dir_name, load_checkpoint, save_checkpoint, unwrap
-from sigma_ray.runs.files import DATA_ERROR_FILE, METRICS_FILE, NONFINITE_FILE, SKIPPED_FILE, TENSORBOARD_DIR
+from sigma_ray.runs.files import DATA_ERROR_FILE, METRICS_FILE, NONFINITE_FILE, SKIPPED_FILE, TENSORBOARD_DIR, is_uri
+from sigma_ray.runs.object_rundir import StagedFiles
 from sigma_ray.runs.rundir import trim_jsonl
 from sigma_ray.train.config import PretrainConfig
 from sigma_ray.train.console import line as say
@@ -64,14 +65,17 @@ class _Progress:
     A resumed attempt starts at ``start_step``: rows of both files past it belong to the dead attempt and are
     dropped (those steps run again), and TensorBoard purges its events past it, so each step has one row."""
 
-    def __init__(self, run_dir: Path, total: int, start_step: int, enabled: bool, console=None):
-        self.enabled, self.total, self.console = enabled, total, console
+    def __init__(self, run_dir: Path, total: int, start_step: int, enabled: bool, console=None,
+                 staged: StagedFiles | None = None):
+        self.enabled, self.total, self.console, self.staged = enabled, total, console, staged
         self.writer = None
         self.skipped: set[tuple[int, str]] = set()
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             run_dir.mkdir(parents=True, exist_ok=True)
+            if staged is not None:   # an object-store run directory: the rows so far, to trim and append to
+                staged.pull(METRICS_FILE, SKIPPED_FILE)
             self.metrics_path, self.skipped_path = run_dir / METRICS_FILE, run_dir / SKIPPED_FILE
             trim_jsonl(self.metrics_path, start_step)
             self.skipped = {(r["epoch"], r["path"]) for r in trim_jsonl(self.skipped_path, start_step)}
@@ -100,6 +104,8 @@ class _Progress:
         self.writer.flush()
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
+        if self.staged is not None:
+            self.staged.push()
         loss = metrics.get("loss", float("nan"))
         say(self.console,
             f"[sigma-ray] step {step}/{self.total} ({100 * step / self.total:.1f}%) epoch {metrics['epoch']} "
@@ -110,6 +116,9 @@ class _Progress:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.staged is not None:
+            self.staged.push()
+            self.staged.close()
 
 
 def run_probe(probe, model: torch.nn.Module) -> dict[str, float]:
@@ -139,9 +148,11 @@ def _skip_problem(stats: dict[int, SkipStats], dc, final: bool) -> str | None:
     return None
 
 
-def _stop(run_dir: Path, name: str, record: dict) -> None:
+def _stop(run_dir: Path, name: str, record: dict, staged: StagedFiles | None = None) -> None:
     """Rank 0 leaves why the run stopped for the driver (Ray's result only carries the last checkpoint)."""
     (run_dir / name).write_text(json.dumps(record))
+    if staged is not None:
+        staged.push()
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -149,11 +160,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Ray Train logs every report's whole metrics dict at INFO; the console line says what matters once.
     logging.getLogger(train_report_logger_name()).setLevel(logging.WARNING)
     tc, dc = config.train, config.data
-    run_dir = Path(loop_config["run_dir"])
     spe, total = int(loop_config["steps_per_epoch"]), int(loop_config["total_steps"])
     console = loop_config.get("console")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # rank 0's files of a run directory on object storage are written locally and uploaded (object_rundir)
+    staged = StagedFiles(loop_config["run_dir"]) if rank == 0 and is_uri(loop_config["run_dir"]) else None
+    run_dir = staged.local if staged is not None else Path(loop_config["run_dir"])
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("Ray Train did not initialize the torch process group: Sinkhorn cannot be gathered")
     device = ray.train.torch.get_device()
@@ -200,9 +213,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     wrap = loop_config.get("wrap_batches")   # a test seam (tests/train_hooks.py); None in real runs
     if wrap is not None:
         batches = wrap(batches, {"rank": rank, "world": world, "start_step": start_step,
-                                 "accumulate_steps": tc.accumulate_steps, "run_dir": str(run_dir)})
+                                 "accumulate_steps": tc.accumulate_steps, "run_dir": loop_config["run_dir"]})
 
-    progress = _Progress(run_dir, total, start_step, enabled=rank == 0, console=console)
+    progress = _Progress(run_dir, total, start_step, enabled=rank == 0, console=console, staged=staged)
     skip_stats = loop_config.get("skip_stats")
     probe = loop_config.get("probe")
     data_epochs: set[int] = set()
@@ -228,7 +241,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         raise RuntimeError(f"the training data ran out at step {step + 1} of {total} on worker "
                                            f"{rank}") from None
                     if rank == 0:   # every worker's equal split runs dry at the same step
-                        _stop(run_dir, DATA_ERROR_FILE, {"step": step, "reason": problem})
+                        _stop(run_dir, DATA_ERROR_FILE, {"step": step, "reason": problem}, staged)
                     return
                 interval_wait += time.perf_counter() - t0
                 data_epochs.update(batch["epochs"].tolist())
@@ -274,9 +287,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     if bad_step >= 0:
                         say(console, f"[sigma-ray] non-finite loss at step {bad_step}: stopping; the last good "
                                      f"checkpoint is kept")
-                        _stop(run_dir, NONFINITE_FILE, {"step": bad_step})
+                        _stop(run_dir, NONFINITE_FILE, {"step": bad_step}, staged)
                     else:
-                        _stop(run_dir, DATA_ERROR_FILE, {"step": step, "reason": problem})
+                        _stop(run_dir, DATA_ERROR_FILE, {"step": step, "reason": problem}, staged)
                 if bad_step >= 0:
                     metrics["nonfinite_step"] = bad_step
                 ray.train.report(metrics)
