@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(seed)  # the demo's random encoder: the initial weights of both runs
         encoders = {"random": build_model(config.model, config.objective).encoder.eval()}
         for kind in ("sigma_mlp", "videomae"):
-            encoders[kind] = load_model(args.out_dir / f"{kind}_seed{seed}", pretrain_config(demo, kind, seed,
-                                                                                             dataset)).encoder
+            run = pretrain_config(demo, kind, seed, dataset)
+            encoders[kind] = load_model(args.out_dir / f"{kind}_seed{seed}", run.model, run.objective).encoder
         for kind, encoder in encoders.items():
             train, val = extract_features(encoder, train_batches), extract_features(encoder, val_batches)
             mean, std = train.feats.mean(dim=0), train.feats.std(dim=0) + 1e-6
