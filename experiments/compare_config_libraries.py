@@ -12,7 +12,11 @@ import dataclasses
 import typing
 
 import pydantic
-from omegaconf import OmegaConf
+
+try:
+    from omegaconf import OmegaConf
+except ImportError:
+    raise SystemExit("compare_config_libraries.py needs OmegaConf, which sigma-ray does not use: pip install omegaconf")
 
 from sigma_ray.infra.checks import ConfigError
 from sigma_ray.infra.config import from_dict
