@@ -28,6 +28,7 @@ Everything lands in ``out_dir`` (default ``runs/demo``): ``synthetic/``, one run
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -143,13 +144,20 @@ class DemoConfig:
 
     def experiment(self, kind: str) -> PretrainConfig:
         """The YAML experiment of ``kind`` (``sigma_mlp`` or ``videomae``) with ``runs`` and that method's
-        overrides, validated; errors name the file and the field."""
-        path, own = ((self.sigma_experiment, self.sigma) if kind == "sigma_mlp" else
-                     (self.pixels_experiment, self.pixels))
-        try:
-            return from_dict(PretrainConfig, merge_overrides(load_yaml(path), (*self.runs, *own)))
-        except ConfigError as e:
-            raise ConfigError(f"{Path(path).name}: {e}") from None
+        overrides, validated; errors name the file and the field. Read once per DemoConfig."""
+        return self._experiments[kind]
+
+    @functools.cached_property
+    def _experiments(self) -> dict[str, PretrainConfig]:
+        # cached_property writes the instance's __dict__ directly, which a frozen dataclass allows
+        runs = {}
+        for kind, path, own in (("sigma_mlp", self.sigma_experiment, self.sigma),
+                                ("videomae", self.pixels_experiment, self.pixels)):
+            try:
+                runs[kind] = from_dict(PretrainConfig, merge_overrides(load_yaml(path), (*self.runs, *own)))
+            except ConfigError as e:
+                raise ConfigError(f"{Path(path).name}: {e}") from None
+        return runs
 
     @property
     def seed_list(self) -> list[int]:

@@ -40,6 +40,7 @@ from sigma_ray.infra.ray_session import init_ray
 from sigma_ray.runs.checkpoint import load_model_state, read_info, resume_point, set_aside
 from sigma_ray.runs.files import (CONFIG_FILE, DATA_ERROR_FILE, ENCODER_FILE, METRICS_FILE, NONFINITE_FILE,
                                   SKIPPED_FILE, copy_to, is_uri, read_text)
+from sigma_ray.runs import object_rundir
 from sigma_ray.runs.object_lock import run_lock
 from sigma_ray.runs.rundir import check_resumable, check_writable, config_changes, read_jsonl, record_changes
 from sigma_ray.train.config import PretrainConfig, run_length
@@ -169,8 +170,6 @@ def inspect_run_dir(config: PretrainConfig, run_dir: str) -> RunDirState:
     import yaml
 
     if is_uri(run_dir):
-        from sigma_ray.runs import object_rundir
-
         valid, damaged = object_rundir.resume_point(run_dir)
     else:
         valid, damaged = resume_point(run_dir)
@@ -195,8 +194,6 @@ def open_run_dir(config: PretrainConfig, run_dir: str, state: RunDirState) -> No
     from sigma_ray.infra.ray_compat import register_checkpoints
 
     if is_uri(run_dir):
-        from sigma_ray.runs import object_rundir
-
         object_rundir.set_aside(state.damaged)
         object_rundir.register_checkpoints(run_dir, [(c.name, c.metrics) for c in state.valid])
     else:
@@ -266,8 +263,6 @@ def _fit(config: PretrainConfig, run_dir: str, records: list, spe: int, total: i
     os.environ.setdefault(RAY_TRAIN_ENABLE_STATE_TRACKING, "1")
     for name in (NONFINITE_FILE, DATA_ERROR_FILE):   # left by an earlier attempt of this run
         if is_uri(run_dir):
-            from sigma_ray.runs import object_rundir
-
             object_rundir.remove(f"{run_dir}/{name}")
         else:
             (Path(run_dir) / name).unlink(missing_ok=True)
